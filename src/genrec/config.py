@@ -87,6 +87,9 @@ class TrainConfig:
     loss: Literal["sampled_softmax", "full_softmax"] = "sampled_softmax"
     num_negatives: int = 128
     in_batch_negatives: bool = False
+    # one negative draw shared by every position of a batch instead of one per position
+    # (same marginal distribution, far less memory traffic; off = Meta's code)
+    shared_negatives: bool = False
     temperature: float = 0.05
     grad_clip: float | None = None  # max grad norm; None = off (as the paper)
     seed: int = 42
