@@ -20,9 +20,9 @@ def test_flops_grow_with_layers_and_quadratically_with_length():
                        attention_dim=25, linear_dim=25)
     t = TrainConfig()
     assert FlopCounter(deep, t, 100).forward([50]) > FlopCounter(base, t, 100).forward([50])
-    pairs = FlopCounter(base, t, 100).per_pair()
     c = FlopCounter(base, t, 100)
-    assert c.forward([200]) - 2 * c.forward([100]) == pytest.approx(pairs * (200 * 201 / 2 - 2 * 100 * 101 / 2))
+    extra_pairs = 200 * 201 / 2 - 2 * 100 * 101 / 2  # one long sequence vs two halves
+    assert c.forward([200]) - 2 * c.forward([100]) == pytest.approx(c.per_pair() * extra_pairs)
 
 
 def test_full_softmax_counts_every_item():

@@ -70,3 +70,19 @@ def test_negatives_are_drawn_from_real_items_only():
     assert ids.shape == (100, 64) and ids.min() >= 1 and ids.max() <= 9
     assert set(ids.unique().tolist()) == set(range(1, 10))
     assert sample_negatives(100, 64, 9, shared=True, device=torch.device("cpu")).shape == (64,)
+
+
+def test_scoring_all_items_equals_gathering_negative_embeddings():
+    table = _table(50, 8).requires_grad_()
+    user = F.normalize(torch.randn(30, 8), dim=-1).requires_grad_()
+    targets = torch.randint(1, 51, (30,))
+    negatives = torch.randint(1, 51, (30, 16))
+    losses, grads = [], []
+    for score_all in (True, False):
+        loss = sampled_softmax_loss(user, targets, negatives, _lookup(table), 0.05,
+                                    score_all_items=score_all)
+        losses.append(loss)
+        grads.append(torch.autograd.grad(loss, (user, table)))
+    assert torch.allclose(losses[0], losses[1], rtol=1e-5)
+    for a, b in zip(grads[0], grads[1]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -4,6 +4,10 @@ serve them all (RecBole's lesson).
 A model encodes a jagged batch into one L2-normalised vector per input token, and exposes
 its L2-normalised item embeddings; scores are dot products divided by a temperature, which
 belongs to the loss and the evaluator, not the model.
+
+``forward(batch, num_candidates=..., return_kv=True)`` is the hook for ranking with M-FALCON
+(SPEC §5): the last ``num_candidates[b]`` tokens of sequence b attend to the history and to
+themselves only, and each layer's keys and values come back for a KV cache.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ from torch import nn
 
 from genrec.data.batching import JaggedBatch
 
+# One layer's attention keys and values over the batch's tokens: ([T, H, dqk], [T, H, dv]).
+LayerKV = tuple[torch.Tensor, torch.Tensor]
+
 
 class SequentialRetrievalModel(nn.Module):
     """Base class: ``forward(batch) -> [T, d]`` user vectors, ``item_embeddings(ids)``."""
@@ -20,7 +27,20 @@ class SequentialRetrievalModel(nn.Module):
     num_items: int
     embedding_dim: int
 
-    def forward(self, batch: JaggedBatch) -> torch.Tensor:  # [T, d], L2-normalised
+    def forward(
+        self,
+        batch: JaggedBatch,
+        *,
+        num_candidates: torch.Tensor | None = None,
+        return_kv: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[LayerKV]]:
+        """[T, d] L2-normalised user vectors; with ``return_kv`` also per-layer (K, V).
+
+        Args:
+            batch: jagged input tokens (``seq_offsets`` [B+1]).
+            num_candidates: [B] int or None: trailing candidate tokens per sequence (M-FALCON).
+            return_kv: also return one (K [T, H, dqk], V [T, H, dv]) pair per layer.
+        """
         raise NotImplementedError
 
     def item_embeddings(self, ids: torch.Tensor | None = None) -> torch.Tensor:

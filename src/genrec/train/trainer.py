@@ -103,7 +103,7 @@ class Trainer:
             if self.cfg.train.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
             self.optimizer.step()
-            loss_value = float(loss)
+            loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"training loss became {loss_value} in epoch "
                                          f"{self.epoch + 1}; lower train.lr or check the data")
