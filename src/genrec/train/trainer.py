@@ -62,9 +62,9 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.model = model if model is not None else build_model(cfg.model, data.num_items)
         self.model.to(self.device)
-        self.objective: torch.nn.Module = RetrievalObjective(self.model, cfg.train)
+        self.objective = RetrievalObjective(self.model, cfg.train)
         if cfg.train.compile:
-            self.objective = torch.compile(self.objective, dynamic=True)
+            self.objective.compile()
         t = cfg.train
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=t.betas,
                                            weight_decay=t.weight_decay)

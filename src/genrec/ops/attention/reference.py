@@ -29,6 +29,20 @@ def time_buckets(gap: torch.Tensor, num_buckets: int) -> torch.Tensor:
     return torch.floor(torch.log(g) / TIME_BUCKET_BASE).clamp(0, num_buckets - 1).long()
 
 
+def bucket_thresholds(count: int) -> torch.Tensor:
+    """[count] int64: thresholds[k] = the smallest gap g ≥ 1 with time bucket ≥ k (unclamped).
+
+    Lets fp32 code (the Triton kernel) land exactly on ``time_buckets`` near bucket edges: it
+    estimates the bucket in fp32 and, only when the estimate is within rounding of an edge,
+    compares the integer gap with the threshold. Exact for gaps below 2**53.
+    """
+    k = torch.arange(count, dtype=torch.float64)
+    approx = torch.exp(k * TIME_BUCKET_BASE).clamp(max=2.0**62).ceil().long()
+    window = (approx[:, None] + torch.arange(-512, 513)[None, :]).clamp(min=1)  # [count, 1025]
+    reached = time_buckets(window, 2**62) >= k[:, None].long()
+    return torch.where(reached, window, torch.iinfo(torch.int64).max).min(dim=1).values
+
+
 def padded_index(seq_offsets: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(index [B, L] into the jagged token axis, valid [B, L]) for padding jagged tensors."""
     lengths = seq_offsets[1:] - seq_offsets[:-1]
