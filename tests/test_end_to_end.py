@@ -18,6 +18,7 @@ def _config(epochs: int, **train_overrides):
     cfg.train.eval_every = 1
     cfg.train.progress = False
     cfg.train.num_threads = 1
+    cfg.train.compile = False  # compiled training is held to eager in tests/train/test_compile.py
     cfg.eval.ks = (10, 50, 200)
     for k, v in train_overrides.items():
         setattr(cfg.train, k, v)

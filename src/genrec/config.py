@@ -100,7 +100,9 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs between checkpoints
     num_threads: int | None = None  # torch intra-op threads on CPU; None = torch default
     progress: bool = True
-    compile: bool = False  # torch.compile the model
+    # torch.compile the encoder and the loss: None = on CPU only (where it pays most and the
+    # Triton kernel is not in play); falls back to eager with a warning if compiling fails
+    compile: bool | None = None
 
 
 @dataclass

@@ -63,7 +63,10 @@ def _eval(model, **kw):
 
 
 def _last_targets(model) -> list[int]:
-    return [t for b, _ in model.seen for t in b.target_ids[b.last_positions()].tolist()]
+    """The target each user was scored on, in user order (batches may reorder users)."""
+    pairs = [(u, t) for b, _ in model.seen
+             for u, t in zip(b.users.tolist(), b.target_ids[b.last_positions()].tolist())]
+    return [t for _, t in sorted(pairs)]
 
 
 # Expected ranks, worked out from the score rows above:

@@ -72,17 +72,18 @@ def test_negatives_are_drawn_from_real_items_only():
     assert sample_negatives(100, 64, 9, shared=True, device=torch.device("cpu")).shape == (64,)
 
 
-def test_scoring_all_items_equals_gathering_negative_embeddings():
+def test_every_negative_scoring_strategy_computes_the_same_loss():
     table = _table(50, 8).requires_grad_()
     user = F.normalize(torch.randn(30, 8), dim=-1).requires_grad_()
     targets = torch.randint(1, 51, (30,))
     negatives = torch.randint(1, 51, (30, 16))
     losses, grads = [], []
-    for score_all in (True, False):
+    for score_all, fused in ((True, False), (False, False), (False, True)):
         loss = sampled_softmax_loss(user, targets, negatives, _lookup(table), 0.05,
-                                    score_all_items=score_all)
+                                    score_all_items=score_all, fused_gather=fused)
         losses.append(loss)
         grads.append(torch.autograd.grad(loss, (user, table)))
-    assert torch.allclose(losses[0], losses[1], rtol=1e-5)
-    for a, b in zip(grads[0], grads[1]):
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+    for other in (1, 2):
+        assert torch.allclose(losses[0], losses[other], rtol=1e-5)
+        for a, b in zip(grads[0], grads[other]):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)

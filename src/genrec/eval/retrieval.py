@@ -156,8 +156,10 @@ def evaluate(
         ``retrieval_metrics`` keys: ``hr@k``, ``ndcg@k`` for each k, ``mrr``, ``num_users``.
     """
     targets = target_positions(data, protocol, split)  # [U] global event index
-    if users is not None:
-        users = np.asarray(users, dtype=np.int64)
+    users = np.arange(data.num_users) if users is None else np.asarray(users, dtype=np.int64)
+    # batches of similar history lengths pad less; metrics do not depend on the order
+    history = np.minimum(targets[users] - data.seq_offsets[users], max_seq_len)
+    users = users[np.argsort(history, kind="stable")]
     ranks = RankAccumulator()
     was_training = model.training
     model.eval()

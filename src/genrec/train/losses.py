@@ -36,6 +36,7 @@ def sampled_softmax_loss(
     *,
     in_batch_negatives: bool = False,
     score_all_items: bool | None = None,
+    fused_gather: bool = False,
 ) -> torch.Tensor:
     """Mean cross-entropy of the positive against sampled negatives.
 
@@ -48,6 +49,9 @@ def sampled_softmax_loss(
         score_all_items: compute per-position negatives' logits by scoring every item with
             one matmul and gathering ([T, I] scores), instead of gathering [T, K, d]
             embeddings. The same function; faster when I is small next to K·d. None = pick.
+        fused_gather: write the per-position dot products as gather · user summed over d, which
+            torch.compile fuses into one loop that never materialises [T, K, d] (slower
+            eager; for the compiled loss only).
     """
     table = item_embeddings(None)  # [I + 1, d] unit rows, normalised once per step
     pos_emb = table[target_ids]  # [T, d]
@@ -58,8 +62,10 @@ def sampled_softmax_loss(
     else:
         num_rows, num_neg = table.shape[0], negative_ids.shape[1]
         if score_all_items is None:
-            score_all_items = num_rows <= 32 * num_neg
-        if score_all_items:
+            score_all_items = not fused_gather and num_rows <= 32 * num_neg
+        if fused_gather and not score_all_items:
+            neg_logit = (table[negative_ids] * user.unsqueeze(1)).sum(-1)  # [T, K]
+        elif score_all_items:
             neg_logit = (user @ table.T).gather(1, negative_ids)  # [T, I+1] -> [T, K]
         else:
             neg_emb = table[negative_ids]  # [T, K, d]

@@ -7,6 +7,7 @@ to wrap from outside; the trainer never needs to know whether it is wrapped.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import nn
@@ -24,28 +25,46 @@ class RetrievalObjective(nn.Module):
         super().__init__()
         self.model = model
         self.cfg = cfg
-        # Replaceable by compiled twins (see `compile`); random sampling stays outside them.
-        self.encode: Callable[[JaggedBatch], torch.Tensor] = model
-        self.sampled_loss = sampled_softmax_loss
-        self.full_loss = full_softmax_loss
+        # compiled twins of the encoder and losses, kept out of the module tree (a plain dict)
+        self._compiled: dict[str, Callable] = {}
 
     def compile(self) -> None:
-        """torch.compile the encoder and the loss (dynamic shapes: jagged batches vary)."""
-        self.encode = torch.compile(self.model, dynamic=True)
-        self.sampled_loss = torch.compile(sampled_softmax_loss, dynamic=True)
-        self.full_loss = torch.compile(full_softmax_loss, dynamic=True)
+        """torch.compile the encoder and the loss (dynamic shapes: jagged batches vary).
+
+        Random sampling stays outside the compiled code."""
+        self._compiled = {
+            "encode": torch.compile(self.model, dynamic=True),
+            "sampled": torch.compile(partial(sampled_softmax_loss, fused_gather=True),
+                                     dynamic=True),
+            "full": torch.compile(full_softmax_loss, dynamic=True),
+        }
+
+    def uncompile(self) -> None:
+        """Back to eager PyTorch (after a failed compilation)."""
+        self._compiled = {}
+
+    @property
+    def compiled(self) -> bool:
+        return bool(self._compiled)
+
+    @property
+    def encoder(self) -> Callable[[JaggedBatch], torch.Tensor]:
+        """The model, or its compiled twin (which delegates eval(), item_embeddings(), ...)."""
+        return self._compiled.get("encode", self.model)
 
     def forward(self, batch: JaggedBatch) -> torch.Tensor:
-        user = self.encode(batch)  # [T, d]
+        user = self.encoder(batch)  # [T, d]
         targets = batch.target_ids
         cfg = self.cfg
         if cfg.loss == "full_softmax":
-            return self.full_loss(user, targets, self.model.item_embeddings, cfg.temperature)
+            full_loss = self._compiled.get("full", full_softmax_loss)
+            return full_loss(user, targets, self.model.item_embeddings, cfg.temperature)
         negatives = sample_negatives(
             len(targets), cfg.num_negatives, self.model.num_items,
             shared=cfg.shared_negatives, device=targets.device,
         )
-        return self.sampled_loss(
+        sampled_loss = self._compiled.get("sampled", sampled_softmax_loss)
+        return sampled_loss(
             user, targets, negatives, self.model.item_embeddings, cfg.temperature,
             in_batch_negatives=cfg.in_batch_negatives,
         )

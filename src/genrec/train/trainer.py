@@ -63,8 +63,12 @@ class Trainer:
         self.model = model if model is not None else build_model(cfg.model, data.num_items)
         self.model.to(self.device)
         self.objective = RetrievalObjective(self.model, cfg.train)
-        if cfg.train.compile:
+        compile_model = cfg.train.compile
+        if compile_model is None:
+            compile_model = self.device.type == "cpu"
+        if compile_model:
             self.objective.compile()
+        self._compile_verified = not compile_model
         t = cfg.train
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=t.betas,
                                            weight_decay=t.weight_decay)
@@ -96,10 +100,7 @@ class Trainer:
         for batch in bar:
             lengths = batch.lengths.numpy()
             batch = batch.to(self.device, non_blocking=True)
-            with self._autocast():
-                loss = self.objective(batch)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = self._forward_backward(batch)
             if self.cfg.train.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
             self.optimizer.step()
@@ -119,9 +120,28 @@ class Trainer:
         return {"loss": total_loss / max(steps, 1), "tokens": tokens, "seconds": seconds,
                 "tokens_per_s": tokens / max(seconds, 1e-9)}
 
+    def _forward_backward(self, batch) -> torch.Tensor:
+        """Loss and gradients of one batch; the first compiled step may fall back to eager."""
+        try:
+            self.optimizer.zero_grad(set_to_none=True)
+            with self._autocast():
+                loss = self.objective(batch)
+            loss.backward()
+        except Exception as e:  # compilation errors surface at the first forward / backward
+            if self._compile_verified:
+                raise
+            log.warning("torch.compile failed (%s: %s); training eagerly instead",
+                        type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            self.objective.uncompile()
+            self._compile_verified = True
+            return self._forward_backward(batch)
+        self._compile_verified = True
+        return loss
+
     def evaluate(self, split: str) -> dict[str, float]:
         c = self.cfg
-        return evaluate(self.model, self.data, protocol=c.eval.protocol, split=split,
+        # the compiled encoder wraps the same module (eval(), item_embeddings() delegate)
+        return evaluate(self.objective.encoder, self.data, protocol=c.eval.protocol, split=split,
                         max_seq_len=c.data.max_seq_len, ks=c.eval.ks,
                         batch_size=c.eval.batch_size, device=self.device,
                         exclude_history=c.eval.exclude_history)

@@ -1,0 +1,147 @@
+"""CPU training speed of genrec's paper configs, optionally against RecTools in the same run.
+
+Per model: seconds per training epoch (median of the timed epochs, after one warm-up epoch
+that includes torch.compile), tokens per second, full-ranking evaluation seconds (all users,
+all items, history excluded; median of 3), peak RSS, and HR@10 / NDCG@10 after the epochs,
+so that a speed-up that hurts learning shows. Each model runs in its own process (so peak
+RSS is its own) through the same `genrec.train.Trainer` users run.
+
+    python benchmarks/cpu_speed.py --data-dir ../shared/data --threads 2
+    python benchmarks/cpu_speed.py --compare rectools --rectools-python /path/venv/bin/python
+
+RecTools (optional, `pip install "rectools[torch]>=0.19"`, best in its own virtual
+environment since it pins numpy<2) runs through benchmarks/peers/rectools_runner.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ML1M_PARTIAL = "ml-1m/ratings.users0001-2999.PARTIAL.dat.gz"
+
+
+def run_genrec(spec: dict) -> dict:
+    """Train one preset for warm-up + timed epochs in this (child) process; return figures."""
+    import torch
+
+    from genrec.config import preset
+    from genrec.data import load_dataset
+    from genrec.train import Trainer
+
+    torch.set_num_threads(spec["threads"])
+    cfg = preset(spec["dataset"], spec["model"])
+    cfg.data.data_dir = spec["data_dir"]
+    cfg.train.progress = False
+    cfg.train.num_threads = spec["threads"]
+    cfg.train.compile = spec["compile"]
+    cfg.train.shared_negatives = spec["shared_negatives"]
+    data = load_dataset(cfg.data, progress=False)
+    trainer = Trainer(cfg, data, Path(spec["out"]) / spec["model"])
+    start = time.perf_counter()
+    warmup = trainer.train_epoch()
+    warmup_s = time.perf_counter() - start
+    epochs = [trainer.train_epoch() for _ in range(spec["epochs"])]
+    eval_s = []
+    for _ in range(3):
+        start = time.perf_counter()
+        metrics = trainer.evaluate("test")
+        eval_s.append(time.perf_counter() - start)
+    seconds = [e["seconds"] for e in epochs]
+    return {
+        "system": "genrec", "model": spec["model"], "compile": spec["compile"],
+        "shared_negatives": spec["shared_negatives"], "warmup_epoch_s": round(warmup_s, 2),
+        "seconds_per_epoch": round(statistics.median(seconds), 3),
+        "epoch_seconds": [round(s, 3) for s in seconds],
+        "tokens_per_s": round(statistics.median(e["tokens_per_s"] for e in epochs)),
+        "eval_s": round(statistics.median(eval_s), 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "epochs_trained": trainer.epoch, "hr@10": metrics["hr@10"],
+        "ndcg@10": metrics["ndcg@10"], "users": data.num_users, "items": data.num_items,
+    }
+
+
+def run_peer(args: argparse.Namespace, model: str) -> dict:
+    sys.path.insert(0, str(HERE / "peers"))
+    from rectools_runner import run_rectools
+
+    r = run_rectools(model, str(Path(args.data_dir) / ML1M_PARTIAL),
+                     epochs=args.rectools_epochs, threads=args.threads,
+                     python=args.rectools_python, evaluate=True)
+    per_epoch = r["seconds_per_epoch"]
+    steady = per_epoch[1:] or per_epoch
+    return {"system": "rectools", "model": model,
+            "seconds_per_epoch": round(statistics.median(steady), 3),
+            "epoch_seconds": [round(s, 3) for s in per_epoch],
+            "peak_rss_mb": round(r["peak_rss_mb"]), "epochs_trained": len(per_epoch),
+            "hr@10": r.get("hr@10"), "ndcg@10": r.get("ndcg@10")}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "data"))
+    p.add_argument("--dataset", default="ml-1m")
+    p.add_argument("--models", nargs="+", default=["hstu", "hstu-large", "sasrec"])
+    p.add_argument("--epochs", type=int, default=3, help="timed epochs after the warm-up one")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-compile", action="store_true", help="eager PyTorch only")
+    p.add_argument("--shared-negatives", action="store_true",
+                   help="one negative draw per batch instead of per position")
+    p.add_argument("--compare", choices=["rectools"], help="also run this peer")
+    p.add_argument("--rectools-python", help="interpreter with rectools installed")
+    p.add_argument("--rectools-epochs", type=int, default=2)
+    p.add_argument("--out", default="/tmp/genrec-cpu-speed")
+    p.add_argument("--json", default=str(HERE / "results" / "cpu_speed.json"))
+    args = p.parse_args()
+
+    rows = []
+    ctx = mp.get_context("spawn")
+    for model in args.models:
+        spec = {"model": model, "dataset": args.dataset, "data_dir": args.data_dir,
+                "threads": args.threads, "epochs": args.epochs, "out": args.out,
+                "compile": not args.no_compile, "shared_negatives": args.shared_negatives}
+        with ctx.Pool(1) as pool:
+            row = pool.apply(run_genrec, (spec,))
+        rows.append(row)
+        print(_line(row), flush=True)
+        if args.compare == "rectools":
+            peer = run_peer(args, model)
+            peer["genrec_speedup"] = round(peer["seconds_per_epoch"] / row["seconds_per_epoch"], 1)
+            rows.append(peer)
+            print(_line(peer), flush=True)
+
+    print()
+    print(_table(rows))
+    meta = {"machine": platform.processor() or platform.machine(), "python": platform.python_version(),
+            "threads": args.threads, "date": time.strftime("%Y-%m-%d"), "dataset": args.dataset,
+            "timed_epochs": args.epochs, "command": " ".join(sys.argv)}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    print(f"\nwrote {args.json}")
+
+
+def _line(r: dict) -> str:
+    ratio = f"{r['genrec_speedup']:>6.1f}x" if "genrec_speedup" in r else " " * 7
+    hr = f"{r['hr@10']:.4f}" if r.get("hr@10") is not None else "   -  "
+    ndcg = f"{r['ndcg@10']:.4f}" if r.get("ndcg@10") is not None else "   -  "
+    return (f"{r['system']:<9} {r['model']:<11} {r['seconds_per_epoch']:>8.2f} "
+            f"{r.get('tokens_per_s', 0):>9,} {r.get('eval_s', float('nan')):>7.2f} "
+            f"{r['peak_rss_mb']:>7,} {r['epochs_trained']:>3} {hr} {ndcg} {ratio}")
+
+
+def _table(rows: list[dict]) -> str:
+    head = (f"{'system':<9} {'model':<11} {'s/epoch':>8} {'tokens/s':>9} {'eval_s':>7} "
+            f"{'RSS_MB':>7} {'ep':>3} {'HR@10':>6} {'NDCG@10':>6} {'speedup':>7}")
+    return "\n".join([head, "-" * len(head)] + [_line(r) for r in rows])
+
+
+if __name__ == "__main__":
+    main()
