@@ -47,7 +47,7 @@ def run_genrec(spec: dict) -> dict:
     data = load_dataset(cfg.data, progress=False)
     trainer = Trainer(cfg, data, Path(spec["out"]) / spec["model"])
     start = time.perf_counter()
-    warmup = trainer.train_epoch()
+    trainer.train_epoch()  # includes torch.compile
     warmup_s = time.perf_counter() - start
     epochs = [trainer.train_epoch() for _ in range(spec["epochs"])]
     eval_s = []
@@ -120,7 +120,8 @@ def main() -> None:
 
     print()
     print(_table(rows))
-    meta = {"machine": platform.processor() or platform.machine(), "python": platform.python_version(),
+    meta = {"machine": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
             "threads": args.threads, "date": time.strftime("%Y-%m-%d"), "dataset": args.dataset,
             "timed_epochs": args.epochs, "command": " ".join(sys.argv)}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

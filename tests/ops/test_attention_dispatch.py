@@ -26,7 +26,7 @@ def call(c, **overrides):
 
 @pytest.fixture
 def spy(monkeypatch):
-    """Records which backend ran: 'torch' or 'triton'."""
+    """Records which backend ran: 'torch', 'cpu' or 'triton'."""
     calls = []
 
     def wrap(module, name, label):
@@ -41,6 +41,7 @@ def spy(monkeypatch):
     import genrec.ops.attention as attention
 
     wrap(attention, "hstu_attention_reference", "torch")
+    wrap(attention, "hstu_attention_cpu", "cpu")
     pytest.importorskip("triton")
     from genrec.ops.attention import kernel
 
@@ -48,10 +49,10 @@ def spy(monkeypatch):
     return calls
 
 
-def test_cpu_tensors_default_to_the_torch_backend(spy, monkeypatch):
+def test_cpu_tensors_default_to_the_cpu_backend(spy, monkeypatch):
     monkeypatch.delenv("GENREC_ATTENTION_BACKEND", raising=False)
     call(make_case([3, 4]))
-    assert spy == ["torch"]
+    assert spy == ["cpu"]
 
 
 def test_environment_variable_forces_the_triton_backend(spy, monkeypatch):

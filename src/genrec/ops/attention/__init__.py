@@ -1,10 +1,11 @@
-"""HSTU attention over jagged sequences: one public op, two backends (SPEC §5).
+"""HSTU attention over jagged sequences: one public op, three backends (SPEC §5).
 
 ``hstu_attention`` validates its inputs (shapes, dtypes, devices, the jagged layout, candidate
 counts, the position table's reach), then dispatches to the fused Triton kernel
-(``kernel.py``) on CUDA and to the PyTorch reference (``reference.py``) elsewhere;
-``backend="torch"|"triton"`` or the environment variable ``GENREC_ATTENTION_BACKEND`` forces
-one (the argument wins). On CPU tensors the Triton backend needs ``TRITON_INTERPRET=1`` set
+(``kernel.py``) on CUDA, to the length-grouped, fused CPU path (``cpu.py``) on CPU, and to the
+plain PyTorch reference (``reference.py``, the specification) only when asked;
+``backend="torch"|"cpu"|"triton"`` or the environment variable ``GENREC_ATTENTION_BACKEND``
+forces one (the argument wins). On CPU tensors the Triton backend needs ``TRITON_INTERPRET=1`` set
 before Triton is imported (the tests do this). See NOTES.md for the kernel's design and status.
 """
 
@@ -15,15 +16,16 @@ import os
 
 import torch
 
+from genrec.ops.attention.cpu import hstu_attention_cpu
 from genrec.ops.attention.reference import hstu_attention_reference, time_buckets
 
-BACKENDS = ("torch", "triton")
+BACKENDS = ("torch", "cpu", "triton")
 
 
 def _pick_backend(backend: str | None, device: torch.device) -> str:
     choice = backend or os.environ.get("GENREC_ATTENTION_BACKEND") or None
     if choice is None:
-        return "triton" if device.type == "cuda" else "torch"
+        return {"cuda": "triton", "cpu": "cpu"}.get(device.type, "torch")
     if choice not in BACKENDS:
         source = "backend=" if backend else "GENREC_ATTENTION_BACKEND="
         raise ValueError(f"hstu_attention: unknown backend {source}{choice!r}; "
@@ -136,7 +138,8 @@ def hstu_attention(
         num_candidates: [B] int or None: the last c_b tokens of sequence b see only the
             non-candidates and themselves.
         causal: False lets every token see its whole sequence (the candidate rule still holds).
-        backend: "torch" or "triton"; None picks triton on CUDA, torch elsewhere, unless
+        backend: "torch" (the reference), "cpu" (length-grouped and fused, any device) or
+            "triton"; None picks triton on CUDA, cpu on CPU, torch elsewhere, unless
             GENREC_ATTENTION_BACKEND is set.
     Returns: [T, H, Dv].
     Raises ValueError on malformed inputs (reads a few statistics of seq_offsets to the host).
@@ -156,8 +159,10 @@ def hstu_attention(
             raise ImportError("hstu_attention: the triton backend needs Triton "
                               "(pip install 'genrec[triton]'); or pass backend='torch'") from err
         return hstu_attention_triton(*args, max_len=longest)
+    if which == "cpu":
+        return hstu_attention_cpu(*args)
     return hstu_attention_reference(*args)
 
 
-__all__ = ["hstu_attention", "hstu_attention_reference", "time_buckets", "validate",
-           "BACKENDS"]
+__all__ = ["hstu_attention", "hstu_attention_cpu", "hstu_attention_reference", "time_buckets",
+           "validate", "BACKENDS"]
