@@ -74,6 +74,7 @@ def evaluate_run(
         cfg.data.data_dir = data_dir
     if device is not None:
         cfg.train.device = device
+    cfg.train.compile = False  # one evaluation pass does not repay compilation time
     cfg = cfg.resolved()
     path = run_dir / "checkpoints" / f"{checkpoint}.pt"
     if not path.is_file():
