@@ -25,17 +25,9 @@ from genrec.config import ModelConfig
 from genrec.data.batching import JaggedBatch
 from genrec.models.base import LayerKV, SequentialRetrievalModel
 from genrec.models.embeddings import InputEmbedding, l2_normalise
+from genrec.ops.jagged import padded_index
 
 LAYER_NORM_EPS = 1e-8  # original SASRec
-
-
-def padded_index(seq_offsets: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(index [B, L] into the token axis, valid [B, L]): gathers a jagged [T, ...] to padded."""
-    lengths = seq_offsets[1:] - seq_offsets[:-1]
-    pos = torch.arange(max_len, device=seq_offsets.device)
-    valid = pos[None, :] < lengths[:, None]
-    index = (seq_offsets[:-1, None] + pos[None, :]).masked_fill(~valid, 0)
-    return index, valid
 
 
 def candidate_mask(

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from genrec.ops.jagged import padded_index
+
 TIME_BUCKET_BASE = 0.301
 
 
@@ -41,15 +43,6 @@ def bucket_thresholds(count: int) -> torch.Tensor:
     window = (approx[:, None] + torch.arange(-512, 513)[None, :]).clamp(min=1)  # [count, 1025]
     reached = time_buckets(window, 2**62) >= k[:, None].long()
     return torch.where(reached, window, torch.iinfo(torch.int64).max).min(dim=1).values
-
-
-def padded_index(seq_offsets: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(index [B, L] into the jagged token axis, valid [B, L]) for padding jagged tensors."""
-    lengths = seq_offsets[1:] - seq_offsets[:-1]
-    pos = torch.arange(max_len, device=seq_offsets.device)
-    valid = pos[None, :] < lengths[:, None]
-    index = (seq_offsets[:-1, None] + pos[None, :]).masked_fill(~valid, 0)
-    return index, valid
 
 
 def attention_mask(
