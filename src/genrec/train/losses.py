@@ -11,6 +11,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from genrec.ops.gather import gather_dot
+
 ItemEmbeddings = Callable[[torch.Tensor | None], torch.Tensor]  # ids -> [..., d] unit vectors
 
 
@@ -35,8 +37,6 @@ def sampled_softmax_loss(
     temperature: float,
     *,
     in_batch_negatives: bool = False,
-    score_all_items: bool | None = None,
-    fused_gather: bool = False,
 ) -> torch.Tensor:
     """Mean cross-entropy of the positive against sampled negatives.
 
@@ -46,37 +46,28 @@ def sampled_softmax_loss(
         negative_ids: [T, K] per-position or [K] shared negatives; a negative equal to the
             position's positive is masked out.
         in_batch_negatives: also use the other positions' positives as negatives.
-        score_all_items: compute per-position negatives' logits by scoring every item with
-            one matmul and gathering ([T, I] scores), instead of gathering [T, K, d]
-            embeddings. The same function; faster when I is small next to K·d. None = pick.
-        fused_gather: write the per-position dot products as gather · user summed over d, which
-            torch.compile fuses into one loop that never materialises [T, K, d] (slower
-            eager; for the compiled loss only).
+
+    Per-position logits go through ``genrec.ops.gather`` (positive and negatives in one
+    [T, 1 + K] gather), whose backward never scatters [T, K, d] rows into the table.
     """
     table = item_embeddings(None)  # [I + 1, d] unit rows, normalised once per step
-    pos_emb = table[target_ids]  # [T, d]
-    pos_logit = (user * pos_emb).sum(-1, keepdim=True)  # [T, 1]
     if negative_ids.dim() == 1:
+        pos_logit = (user * table[target_ids]).sum(-1, keepdim=True)  # [T, 1]
         neg_logit = user @ table[negative_ids].T  # [T, K]
         neg_mask = negative_ids[None, :] == target_ids[:, None]
+        logits = torch.cat([pos_logit, neg_logit.masked_fill(neg_mask, float("-inf"))], 1)
     else:
-        num_rows, num_neg = table.shape[0], negative_ids.shape[1]
-        if score_all_items is None:
-            score_all_items = not fused_gather and num_rows <= 32 * num_neg
-        if fused_gather and not score_all_items:
-            neg_logit = (table[negative_ids] * user.unsqueeze(1)).sum(-1)  # [T, K]
-        elif score_all_items:
-            neg_logit = (user @ table.T).gather(1, negative_ids)  # [T, I+1] -> [T, K]
-        else:
-            neg_emb = table[negative_ids]  # [T, K, d]
-            neg_logit = torch.bmm(neg_emb, user.unsqueeze(-1)).squeeze(-1)  # [T, K]
-        neg_mask = negative_ids == target_ids[:, None]
-    logits = [pos_logit, neg_logit.masked_fill(neg_mask, float("-inf"))]
+        ids = torch.cat([target_ids[:, None], negative_ids], dim=1)  # [T, 1 + K]
+        logits = gather_dot(user, table, ids)
+        # a negative that is the position's positive is no negative (column 0 is the positive)
+        is_positive = ids == target_ids[:, None]
+        is_positive[:, 0] = False
+        logits = logits.masked_fill(is_positive, float("-inf"))
     if in_batch_negatives:
-        batch_logit = user @ pos_emb.T  # [T, T]
-        logits.append(batch_logit.masked_fill(target_ids[None, :] == target_ids[:, None],
-                                              float("-inf")))
-    logits = torch.cat(logits, dim=1) / temperature
+        batch_logit = user @ table[target_ids].T  # [T, T]
+        logits = torch.cat([logits, batch_logit.masked_fill(
+            target_ids[None, :] == target_ids[:, None], float("-inf"))], dim=1)
+    logits = logits / temperature
     # cross-entropy with the positive in column 0
     return (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
 

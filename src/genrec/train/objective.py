@@ -7,7 +7,6 @@ to wrap from outside; the trainer never needs to know whether it is wrapped.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 
 import torch
 from torch import nn
@@ -34,8 +33,7 @@ class RetrievalObjective(nn.Module):
         Random sampling stays outside the compiled code."""
         self._compiled = {
             "encode": torch.compile(self.model, dynamic=True),
-            "sampled": torch.compile(partial(sampled_softmax_loss, fused_gather=True),
-                                     dynamic=True),
+            "sampled": torch.compile(sampled_softmax_loss, dynamic=True),
             "full": torch.compile(full_softmax_loss, dynamic=True),
         }
 
