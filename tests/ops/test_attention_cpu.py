@@ -149,7 +149,9 @@ def test_compiled_tiles_match_eager_tiles(monkeypatch):
     monkeypatch.setattr(cpu, "COMPILE_MIN_ELEMENTS", 0)
     compiled = output_and_grads(fast, case)
     assert not cpu._compile_broken, "torch.compile failed here; see the logged warning"
-    assert len(cpu._verified) == 2  # the forward and the backward tiles ran compiled
+    # the time buckets, the forward and the backward tiles ran compiled
+    assert {key[0] for key in cpu._verified} == {"tile_buckets", "tile_scores",
+                                                 "tile_score_grads"}
     assert output_and_grads(fast, case)[0].equal(compiled[0])  # deterministic when compiled
     monkeypatch.setattr(cpu, "COMPILE", False)
     eager_results = output_and_grads(fast, case)
@@ -213,3 +215,28 @@ def test_environment_variable_names_the_cpu_backend(backend_spy, monkeypatch, ea
     monkeypatch.setenv("GENREC_ATTENTION_BACKEND", "cpu")
     call(make_case([3, 4]))
     assert backend_spy == ["cpu"]
+
+
+def test_layers_of_one_batch_share_one_plan(monkeypatch, eager):
+    """Every layer (and the backward) reuses the batch's plan and time buckets; a new or
+    modified batch is planned again."""
+    calls = []
+    real = cpu.prepare
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cpu, "prepare", counted)
+    monkeypatch.setattr(cpu, "_last", [None])
+    case = make_case([5, 9, 3], seed=8)
+    first = fast(case)
+    second = cpu.hstu_attention_cpu(first, case.k, case.v, case.seq_offsets, case.max_seq_len,
+                                    **case.kwargs())  # a second layer on the first's output
+    second.sum().backward()
+    assert len(calls) == 1 and case.q.grad is not None
+    case.timestamps.add_(1)  # in place: the version changes
+    fast(case)
+    assert len(calls) == 2
+    fast(make_case([4, 4], seed=9))
+    assert len(calls) == 3

@@ -9,6 +9,7 @@ from genrec.config import preset
 from genrec.data.batching import TrainBatches
 from genrec.data.synthetic import make_synthetic
 from genrec.models import build_model
+from genrec.ops.compile import compile_dynamic
 from genrec.train import Trainer
 from genrec.train.objective import RetrievalObjective
 
@@ -43,6 +44,18 @@ def test_compiled_training_step_equals_eager_for_hstu_and_sasrec():
         assert torch.allclose(compiled_loss, eager_loss, rtol=1e-5), kind
         for a, b in zip(compiled_grads, eager_grads):
             assert (a - b).norm() <= 1e-4 * b.norm() + 1e-8, kind
+
+
+def test_hstu_compiles_into_one_graph():
+    """The attention op is opaque to Dynamo: no graph break, so no layer runs uncompiled."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    cfg, model, batch = _setup("hstu")
+    compile_dynamic(model)(batch).sum().backward()
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] == 1
 
 
 def test_failed_compilation_falls_back_to_eager(tmp_path, monkeypatch, caplog):

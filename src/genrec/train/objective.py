@@ -14,6 +14,7 @@ from torch import nn
 from genrec.config import TrainConfig
 from genrec.data.batching import JaggedBatch
 from genrec.models.base import SequentialRetrievalModel
+from genrec.ops.compile import compile_dynamic
 from genrec.train.losses import full_softmax_loss, sample_negatives, sampled_softmax_loss
 
 
@@ -32,9 +33,9 @@ class RetrievalObjective(nn.Module):
 
         Random sampling stays outside the compiled code."""
         self._compiled = {
-            "encode": torch.compile(self.model, dynamic=True),
-            "sampled": torch.compile(sampled_softmax_loss, dynamic=True),
-            "full": torch.compile(full_softmax_loss, dynamic=True),
+            "encode": compile_dynamic(self.model),
+            "sampled": compile_dynamic(sampled_softmax_loss),
+            "full": compile_dynamic(full_softmax_loss),
         }
 
     def uncompile(self) -> None:

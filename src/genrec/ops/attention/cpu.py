@@ -28,98 +28,31 @@ one bucket) and corrected with the exact integer edges of ``reference.bucket_thr
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import types
+import weakref
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from genrec.ops.attention.cpu_plan import (  # noqa: F401  (Chunk: re-exported)
+    Chunk,
+    Plan,
+    _chunk_view,
+    _jagged,
+    _padded,
+    plan_chunks,
+)
 from genrec.ops.attention.reference import TIME_BUCKET_BASE, bucket_thresholds
+from genrec.ops.attention.validation import validate
 
 log = logging.getLogger(__name__)
 
 COMPILE = os.environ.get("GENREC_CPU_COMPILE", "1") != "0"
 COMPILE_MIN_ELEMENTS = 1 << 18  # calls with fewer logits (H·Σ b·Lc²) run eagerly: tests, toys
-CHUNK_ELEMENTS = 1 << 20  # cap on b·H·Lc² per chunk: a few MiB of fp32 logits per tile pass
-CHUNK_MIN_FILL = 0.8  # a sequence joins a chunk only when its length is ≥ this × Lc
-BLOCK_ROWS = 64  # causal chunks longer than this are split into query blocks of ~this many rows
 THRESHOLD_COUNT = 192  # bucket edges up to 2**63 (bucket 145) and some room
-
-
-# -- the plan: which sequences go together, which tiles each chunk is cut into ----------------
-
-
-@dataclass
-class Chunk:
-    """b sequences padded to Lc: rows [start, start + b·Lc) of the padded layout."""
-
-    start: int
-    size: int  # b
-    width: int  # Lc
-    lengths: torch.Tensor  # [b, 1, 1] int64
-    first_candidate: torch.Tensor  # [b, 1, 1] int64: n_b − c_b (n_b without candidates)
-    tiles: list[tuple[int, int, int]]  # (first row, end row, end column) of each tile
-
-
-@dataclass
-class Plan:
-    """Gather [P] token index into the padded layout, and [T] padded row of each token."""
-
-    gather: torch.Tensor  # [P] int64 (padding rows point at a real token of their sequence)
-    scatter: torch.Tensor  # [T] int64
-    chunks: list[Chunk]
-
-
-def plan_chunks(seq_offsets: torch.Tensor, num_candidates: torch.Tensor | None, heads: int,
-                causal: bool) -> Plan:
-    """Group the sequences by length into chunks and cut each chunk into tiles."""
-    lengths = (seq_offsets[1:] - seq_offsets[:-1]).cpu().long()
-    offsets = seq_offsets.cpu().long()
-    cands = None if num_candidates is None else num_candidates.cpu().long()
-    order = torch.argsort(lengths, descending=True, stable=True)
-    sorted_lengths = lengths[order].tolist()
-    groups, start = [], 0
-    while start < len(sorted_lengths) and sorted_lengths[start] > 0:
-        longest = sorted_lengths[start]
-        cap = max(2, CHUNK_ELEMENTS // (heads * longest * longest))
-        end = start + 1
-        while (end < len(sorted_lengths) and end - start < cap
-               and sorted_lengths[end] >= CHUNK_MIN_FILL * longest and sorted_lengths[end] > 0):
-            end += 1
-        groups.append((start, end))
-        start = end
-    # A lone sequence makes a batch dimension of 1, which the compiled tiles would specialise
-    # on (a recompilation); let it join the chunk before it instead.
-    if len(groups) > 1 and groups[-1][1] - groups[-1][0] == 1:
-        groups[-2:] = [(groups[-2][0], groups[-1][1])]
-    gathers, scatter, chunks, row = [], torch.empty(int(offsets[-1]), dtype=torch.int64), [], 0
-    for start, end in groups:
-        members = order[start:end]
-        width = max(sorted_lengths[start], 2)  # no size-1 tile dims (compiled specialisation)
-        n = lengths[members]  # [b]
-        pos = torch.arange(width)
-        valid = pos[None, :] < n[:, None]  # [b, Lc]
-        gathers.append((offsets[members][:, None] + torch.minimum(pos, (n - 1)[:, None]))
-                       .flatten())
-        scatter[gathers[-1][valid.flatten()]] = row + valid.flatten().nonzero().flatten()
-        first = n if cands is None else n - cands[members]
-        chunks.append(Chunk(row, len(members), width, n[:, None, None], first[:, None, None],
-                            _tiles(width, causal)))
-        row += len(members) * width
-    device = seq_offsets.device
-    gather = torch.cat(gathers) if gathers else torch.empty(0, dtype=torch.int64)
-    for chunk in chunks:
-        chunk.lengths, chunk.first_candidate = (chunk.lengths.to(device),
-                                                chunk.first_candidate.to(device))
-    return Plan(gather.to(device), scatter.to(device), chunks)
-
-
-def _tiles(width: int, causal: bool) -> list[tuple[int, int, int]]:
-    """Query blocks of a chunk; causal blocks see keys up to their last row only."""
-    blocks = max(1, round(width / BLOCK_ROWS)) if causal else 1
-    edges = [round(width * r / blocks) for r in range(blocks + 1)]
-    return [(lo, hi, hi if causal else width) for lo, hi in zip(edges, edges[1:], strict=False)]
 
 
 # -- the fused elementwise part of one tile, forward and backward -----------------------------
@@ -146,24 +79,26 @@ def _mask(rows, cols, lengths, first_candidate, causal, candidates):
     return mask
 
 
-def tile_scores(qk, rows, cols, lengths, first_candidate, pos_bias, time_weights, qts, ts,
-                thresholds, *, alpha, max_seq_len, causal, candidates, keep_buckets):
-    """Forward of one tile from qk = Q Kᵀ [H, b, M, K] and the position term [M, K] (or None).
+def tile_scores(qk, rows, cols, lengths, first_candidate, pos_bias, time_weights, buckets, *,
+                alpha, max_seq_len, causal, candidates):
+    """Forward of one tile from qk = Q Kᵀ [H, b, M, K], the position term [M, K] (or None) and
+    the time buckets [b, M, K] (or None).
 
-    Returns p = SiLU(s)·mask / N (the attention weights), s = alpha·qk + rab (the logits) and,
-    if keep_buckets, the time buckets [b, M, K] int64 (for the time table's gradient).
+    Returns p = SiLU(s)·mask / N (the attention weights) and s = alpha·qk + rab (the logits).
     """
     bias = None if pos_bias is None else pos_bias[None]  # [1, M, K]
-    buckets = None
     if time_weights is not None:
-        buckets = _time_buckets(qts[:, :, None] - ts[:, None, :], thresholds,
-                                time_weights.numel())  # [b, M, K]
-        t = time_weights[buckets]
+        t = time_weights[buckets]  # [b, M, K]
         bias = t if bias is None else bias + t
     s = qk * alpha if bias is None else qk * alpha + bias[None].to(qk.dtype)
     mask = _mask(rows, cols, lengths, first_candidate, causal, candidates)[None]
     p = torch.where(mask, F.silu(s), 0.0) * (1.0 / max_seq_len)
-    return p, s, (buckets if keep_buckets else None)
+    return p, s
+
+
+def tile_buckets(qts, ts, thresholds, *, num_buckets):
+    """[b, M, K] time buckets of a tile from its query [b, M] and key [b, K] timestamps."""
+    return _time_buckets(qts[:, :, None] - ts[:, None, :], thresholds, num_buckets)
 
 
 def tile_score_grads(s, dp, rows, cols, lengths, first_candidate, *, max_seq_len, causal,
@@ -212,39 +147,91 @@ def _run(fn, use_compile, *args, **flags):
     return result
 
 
-# -- the op ------------------------------------------------------------------------------------
+# -- per batch: the plan and the rab indices, the same for every layer ----------------------
 
 
 @dataclass
-class Setup:
-    """Everything of one call that is not differentiated."""
+class Prepared:
+    """What a call needs besides q, k, v and the tables; one batch's layers share it.
+
+    Per tile, in the order the forward visits them: query rows and key columns (aranges), the
+    position-table index [M, K] and the time buckets [b, M, K] (None when that table is off),
+    and where the tile's logits start in the flat buffer saved for the backward.
+    """
 
     plan: Plan
     max_seq_len: int
-    alpha: float
     causal: bool
     candidates: bool
-    timestamps: torch.Tensor | None  # [P] int64, in the padded layout
-    query_timestamps: torch.Tensor | None  # [P] int64, in the padded layout
-    thresholds: torch.Tensor | None  # [THRESHOLD_COUNT] int64
     compile: bool  # run the tile functions through torch.compile
-    dqk: int  # q's and k's head dim
+    rows_cols: list[tuple[torch.Tensor, torch.Tensor]]
+    positions: list[torch.Tensor | None]
+    buckets: list[torch.Tensor | None]
+    logit_offsets: list[int]  # len = tiles + 1
 
-    def mask_inputs(self, chunk: Chunk, tile: tuple[int, int, int]):
-        lo, hi, end = tile
-        device = chunk.lengths.device
-        return (torch.arange(lo, hi, device=device), torch.arange(end, device=device),
-                chunk.lengths, chunk.first_candidate)
 
-    def timestamps_of(self, chunk: Chunk, tile: tuple[int, int, int]):
-        """query timestamps [b, M] and key timestamps [b, K] of a tile, or (None, None)."""
-        if self.timestamps is None:
-            return None, None
-        lo, hi, end = tile
-        rows = slice(chunk.start, chunk.start + chunk.size * chunk.width)
-        qts = self.query_timestamps[rows].view(chunk.size, chunk.width)[:, lo:hi].contiguous()
-        ts = self.timestamps[rows].view(chunk.size, chunk.width)[:, :end].contiguous()
-        return qts, ts
+def prepare(seq_offsets, num_candidates, timestamps, query_timestamps, *, heads: int,
+            max_seq_len: int, causal: bool, pos_size: int, num_time_buckets: int) -> Prepared:
+    """Plan the chunks and tiles of a batch and compute its rab indices once."""
+    plan = plan_chunks(seq_offsets, num_candidates, heads, causal)
+    logits = heads * sum(c.size * c.width ** 2 for c in plan.chunks)
+    use_compile = COMPILE and logits >= COMPILE_MIN_ELEMENTS
+    device = seq_offsets.device
+    if num_time_buckets:
+        thresholds = _thresholds.get(device)
+        if thresholds is None:
+            thresholds = _thresholds[device] = bucket_thresholds(THRESHOLD_COUNT).to(device)
+        ts, qts = timestamps.long()[plan.gather], query_timestamps.long()[plan.gather]
+    rows_cols, positions, buckets, offsets = [], [], [], [0]
+    for chunk in plan.chunks:
+        padded = slice(chunk.start, chunk.start + chunk.size * chunk.width)
+        for lo, hi, end in chunk.tiles:
+            rows = torch.arange(lo, hi, device=device)
+            cols = torch.arange(end, device=device)
+            rows_cols.append((rows, cols))
+            positions.append((cols[None, :] - rows[:, None] + max_seq_len - 1)
+                             .clamp(0, pos_size - 1) if pos_size else None)
+            tile_time = None
+            if num_time_buckets:
+                qts_tile = qts[padded].view(chunk.size, chunk.width)[:, lo:hi].contiguous()
+                ts_tile = ts[padded].view(chunk.size, chunk.width)[:, :end].contiguous()
+                tile_time = _run(tile_buckets, use_compile, qts_tile, ts_tile, thresholds,
+                                 num_buckets=num_time_buckets)
+            buckets.append(tile_time)
+            offsets.append(offsets[-1] + heads * chunk.size * (hi - lo) * end)
+    return Prepared(plan, max_seq_len, causal, num_candidates is not None, use_compile,
+                    rows_cols, positions, buckets, offsets)
+
+
+_thresholds: dict[torch.device, torch.Tensor] = {}
+_last: list = [None]  # the last batch's (weak references, versions, flags, Prepared)
+
+
+def _version(t: torch.Tensor | None) -> int | None:
+    """In-place changes bump a tensor's version; inference tensors have none (and are
+    read-only outside inference mode)."""
+    return None if t is None or t.is_inference() else t._version
+
+
+def prepared_for(seq_offsets, num_candidates, timestamps, query_timestamps,
+                 **flags) -> Prepared:
+    """``prepare``, remembered for the last batch: every layer of a model calls the op with
+    the same seq_offsets and timestamps tensors (and the backward again), so the plan and the
+    time buckets are computed once per batch instead of once per layer and pass."""
+    tensors = (seq_offsets, num_candidates, timestamps, query_timestamps)
+    versions = tuple(_version(t) for t in tensors)
+    flags["compile"] = (COMPILE, COMPILE_MIN_ELEMENTS)  # module switches the tests flip
+    last = _last[0]
+    if last is not None:
+        refs, old_versions, old_flags, value = last
+        same = all((r is None) if t is None else (r is not None and r() is t)
+                   for r, t in zip(refs, tensors, strict=True))
+        if same and old_versions == versions and old_flags == flags:
+            return value
+    value = prepare(*tensors, **{k: v for k, v in flags.items() if k != "compile"})
+    refs = tuple(None if t is None else weakref.ref(t) for t in tensors)
+    _last[0] = (refs, versions, flags, value)
+    return value
 
 
 def new_output(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
@@ -252,100 +239,62 @@ def new_output(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
     return torch.empty(shape, dtype=like.dtype, device=like.device)
 
 
-def _chunk_view(x: torch.Tensor, chunk: Chunk, heads: int, dim: int) -> torch.Tensor:
-    """Flat chunk-major padded buffer [P·H·D] -> the chunk's contiguous [H, b, Lc, D] view.
-
-    Chunk-major (each chunk's heads together) keeps [H, b] collapsible into one batch
-    dimension, so the tiles' matmuls never copy their operands.
-    """
-    size = heads * dim
-    flat = x[chunk.start * size:(chunk.start + chunk.size * chunk.width) * size]
-    return flat.view(heads, chunk.size, chunk.width, dim)
+# -- forward and backward over the tiles ----------------------------------------------------------
 
 
-def _padded(x: torch.Tensor, plan: Plan) -> torch.Tensor:
-    """[T, H, D] jagged -> [P·H·D] flat chunk-major padded buffer."""
-    tokens, heads, dim = x.shape
-    # index_select of 2-D rows is a memcpy per row, several times faster than of [T, H, D]
-    rows = x.reshape(tokens, heads * dim).index_select(0, plan.gather)  # [P, H·D]
-    if heads == 1:
-        return rows.view(-1)
-    out = rows.new_empty(rows.numel())
-    for chunk in plan.chunks:
-        start, end = chunk.start, chunk.start + chunk.size * chunk.width
-        _chunk_view(out, chunk, heads, dim).copy_(
-            rows[start:end].view(chunk.size, chunk.width, heads, dim).permute(2, 0, 1, 3))
-    return out
-
-
-def _jagged(x: torch.Tensor, plan: Plan, heads: int, dim: int) -> torch.Tensor:
-    """[P·H·D] flat chunk-major padded buffer -> [T, H, D]: each token from its own row."""
-    rows = x.view(-1, heads * dim)
-    if heads > 1:
-        rows = torch.empty_like(rows)
-        for chunk in plan.chunks:
-            start, end = chunk.start, chunk.start + chunk.size * chunk.width
-            rows[start:end].view(chunk.size, chunk.width, heads, dim).copy_(
-                _chunk_view(x, chunk, heads, dim).permute(1, 2, 0, 3))
-    return rows.index_select(0, plan.scatter).view(-1, heads, dim)
-
-
-def _relative_positions(rows: torch.Tensor, cols: torch.Tensor, setup: Setup,
-                        table_size: int) -> torch.Tensor:
-    """[M, K] index j − i + N − 1 into the position table."""
-    return (cols[None, :] - rows[:, None] + setup.max_seq_len - 1).clamp(0, table_size - 1)
-
-
-def _forward(q, k, v, pos_weights, time_weights, setup: Setup, keep_buckets: bool):
-    """out [T, H, Dv] and what the backward needs: padded q, k, v and per tile (s, buckets)."""
+def _forward(q, k, v, pos_weights, time_weights, prep: Prepared, alpha: float, save: bool):
+    """out [T, H, Dv], the padded q, k, v and (if save) every tile's logits, flat."""
     heads, dqk, dv = q.shape[1], q.shape[2], v.shape[2]
-    qp, kp, vp = _padded(q, setup.plan), _padded(k, setup.plan), _padded(v, setup.plan)
+    qp, kp, vp = _padded(q, prep.plan), _padded(k, prep.plan), _padded(v, prep.plan)
     op = new_output(vp.shape, vp)
-    saved = []
-    flags = dict(alpha=setup.alpha, max_seq_len=setup.max_seq_len, causal=setup.causal,
-                 candidates=setup.candidates, keep_buckets=keep_buckets)
-    for chunk in setup.plan.chunks:
+    logits = q.new_empty(prep.logit_offsets[-1] if save else 0)
+    flags = dict(alpha=alpha, max_seq_len=prep.max_seq_len, causal=prep.causal,
+                 candidates=prep.candidates)
+    index = 0
+    for chunk in prep.plan.chunks:
         qc, kc = _chunk_view(qp, chunk, heads, dqk), _chunk_view(kp, chunk, heads, dqk)
         vc, oc = _chunk_view(vp, chunk, heads, dv), _chunk_view(op, chunk, heads, dv)
-        for tile in chunk.tiles:
-            lo, hi, end = tile
-            rows, cols, lengths, first = setup.mask_inputs(chunk, tile)
-            pos_bias = None if pos_weights is None else \
-                pos_weights[_relative_positions(rows, cols, setup, pos_weights.numel())]
+        for lo, hi, end in chunk.tiles:
+            rows, cols = prep.rows_cols[index]
+            pos_bias = None if pos_weights is None else pos_weights[prep.positions[index]]
             qk = torch.matmul(qc[:, :, lo:hi], kc[:, :, :end].transpose(-1, -2))
-            p, s, buckets = _run(tile_scores, setup.compile, qk, rows, cols, lengths, first,
-                                 pos_bias, time_weights, *setup.timestamps_of(chunk, tile),
-                                 setup.thresholds, **flags)
+            p, s = _run(tile_scores, prep.compile, qk, rows, cols, chunk.lengths,
+                        chunk.first_candidate, pos_bias, time_weights,
+                        None if time_weights is None else prep.buckets[index], **flags)
             oc[:, :, lo:hi] = torch.matmul(p, vc[:, :, :end])
-            saved.append((s, buckets))
-    return _jagged(op, setup.plan, heads, dv), (qp, kp, vp, saved)
+            if save:
+                logits[prep.logit_offsets[index]:prep.logit_offsets[index + 1]] = s.flatten()
+            index += 1
+    return _jagged(op, prep.plan, heads, dv), qp, kp, vp, logits
 
 
-def _backward(grad_out, pos_weights, time_weights, setup: Setup, saved, needs):
-    """dq, dk, dv, d pos_weights, d time_weights (None where not needed)."""
-    plan = setup.plan
-    qp, kp, vp, saved = saved
-    heads, dqk, dv = grad_out.shape[1], setup.dqk, grad_out.shape[2]
+def _backward(grad_out, qp, kp, vp, logits, pos_weights, time_weights, prep: Prepared,
+              alpha: float, dqk: int, pos_grad: bool, time_grad: bool):
+    """dq, dk, dv, d pos_weights, d time_weights (the last two empty when not asked for)."""
+    plan = prep.plan
+    heads, dv = grad_out.shape[1], grad_out.shape[2]
     gp = _padded(grad_out, plan)
     dqp, dkp, dvp = (new_output(x.shape, x) for x in (qp, kp, vp))
-    pos_grad = pos_weights is not None and needs[3]
-    time_grad = time_weights is not None and needs[4]
-    d_pos = qp.new_zeros(pos_weights.shape) if pos_grad else None
-    d_time = qp.new_zeros(time_weights.shape) if time_grad else None
-    flags = dict(max_seq_len=setup.max_seq_len, causal=setup.causal,
-                 candidates=setup.candidates, pos_grad=pos_grad, time_grad=time_grad)
-    tiles = iter(saved)
+    d_pos = qp.new_zeros(pos_weights.shape) if pos_grad else qp.new_zeros(0)
+    d_time = qp.new_zeros(time_weights.shape) if time_grad else qp.new_zeros(0)
+    flags = dict(max_seq_len=prep.max_seq_len, causal=prep.causal,
+                 candidates=prep.candidates, pos_grad=pos_grad, time_grad=time_grad)
+    index = 0
     for chunk in plan.chunks:
         qc, kc, dqc, dkc = (_chunk_view(x, chunk, heads, dqk) for x in (qp, kp, dqp, dkp))
         vc, gc, dvc = (_chunk_view(x, chunk, heads, dv) for x in (vp, gp, dvp))
+        first = index
+        index += len(chunk.tiles)
         # The last tile sees every key: it writes dK, dV, the tiles before it add to them.
-        for tile, (s, buckets) in reversed(list(zip(chunk.tiles, tiles, strict=False))):
-            lo, hi, end = tile
-            rows, cols, lengths, first = setup.mask_inputs(chunk, tile)
+        for t in reversed(range(first, index)):
+            lo, hi, end = chunk.tiles[t - first]
+            rows, cols = prep.rows_cols[t]
+            s = logits[prep.logit_offsets[t]:prep.logit_offsets[t + 1]].view(
+                heads, chunk.size, hi - lo, end)
             g = gc[:, :, lo:hi]
             dp = torch.matmul(g, vc[:, :, :end].transpose(-1, -2))
-            p, ds, ds_pos, ds_heads = _run(tile_score_grads, setup.compile, s, dp, rows, cols,
-                                           lengths, first, **flags)
+            p, ds, ds_pos, ds_heads = _run(tile_score_grads, prep.compile, s, dp, rows, cols,
+                                           chunk.lengths, chunk.first_candidate, **flags)
             dqc[:, :, lo:hi] = torch.matmul(ds, kc[:, :, :end])
             dk_t = torch.matmul(ds.transpose(-1, -2), qc[:, :, lo:hi])
             dv_t = torch.matmul(p.transpose(-1, -2), g)
@@ -355,44 +304,111 @@ def _backward(grad_out, pos_weights, time_weights, setup: Setup, saved, needs):
                 dkc[:, :, :end] += dk_t
                 dvc[:, :, :end] += dv_t
             if pos_grad:
-                rel = _relative_positions(rows, cols, setup, d_pos.numel())
-                d_pos.index_add_(0, rel.flatten(), ds_pos.flatten())
+                d_pos.index_add_(0, prep.positions[t].flatten(), ds_pos.flatten())
             if time_grad:
-                d_time.scatter_add_(0, buckets.flatten(), ds_heads.flatten())
-    if setup.alpha != 1.0:
-        dqp.mul_(setup.alpha)
-        dkp.mul_(setup.alpha)
-    grads = [_jagged(dqp, plan, heads, dqk), _jagged(dkp, plan, heads, dqk),
-             _jagged(dvp, plan, heads, dv),
-             None if d_pos is None else d_pos.to(pos_weights.dtype),
-             None if d_time is None else d_time.to(time_weights.dtype)]
-    return [g if need else None for g, need in zip(grads, needs, strict=False)]
+                d_time.scatter_add_(0, prep.buckets[t].flatten(), ds_heads.flatten())
+    if alpha != 1.0:
+        dqp.mul_(alpha)
+        dkp.mul_(alpha)
+    return (_jagged(dqp, plan, heads, dqk), _jagged(dkp, plan, heads, dqk),
+            _jagged(dvp, plan, heads, dv), d_pos, d_time)
 
 
-class _Attention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, pos_weights, time_weights, setup):
-        keep_buckets = time_weights is not None and time_weights.requires_grad
-        out, saved = _forward(q, k, v, pos_weights, time_weights, setup, keep_buckets)
-        # Autograd-visible tensors go through save_for_backward (version checks); the padded
-        # copies and per-tile logits are ours alone, kept on ctx.
-        ctx.save_for_backward(pos_weights, time_weights)
-        ctx.setup, ctx.saved = setup, saved
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        pos_weights, time_weights = ctx.saved_tensors
-        grads = _backward(grad_out, pos_weights, time_weights, ctx.setup, ctx.saved,
-                          ctx.needs_input_grad[:5])
-        ctx.saved = None  # free the logits: a second backward through this graph is an error
-        return (*grads, None)
+# -- the op: custom ops, opaque to torch.compile, so a model compiles in one graph ----------------
 
 
-_thresholds: dict[torch.device, torch.Tensor] = {}
+def _prepare_flags(q, pos_weights, time_weights, max_seq_len, causal) -> dict:
+    return dict(heads=q.shape[1], max_seq_len=max_seq_len, causal=causal,
+                pos_size=0 if pos_weights is None else pos_weights.numel(),
+                num_time_buckets=0 if time_weights is None else time_weights.numel())
 
 
-@torch.compiler.disable
+_FORWARD_SCHEMA = (
+    "(Tensor q, Tensor k, Tensor v, Tensor seq_offsets, Tensor? pos_weights, "
+    "Tensor? time_weights, Tensor? timestamps, Tensor? query_timestamps, "
+    "Tensor? num_candidates, int max_seq_len, float alpha, bool causal, bool save) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
+_BACKWARD_SCHEMA = (
+    "(Tensor grad_out, Tensor qp, Tensor kp, Tensor vp, Tensor logits, Tensor seq_offsets, "
+    "Tensor? pos_weights, Tensor? time_weights, Tensor? timestamps, Tensor? query_timestamps, "
+    "Tensor? num_candidates, int max_seq_len, float alpha, bool causal, int dqk, "
+    "bool pos_grad, bool time_grad) -> (Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
+
+
+@torch.library.custom_op("genrec::hstu_attention_cpu", mutates_args=(), schema=_FORWARD_SCHEMA)
+def _forward_op(q, k, v, seq_offsets, pos_weights, time_weights, timestamps, query_timestamps,
+                num_candidates, max_seq_len, alpha, causal, save):
+    """(out [T, H, Dv], padded q, k, v, flat logits): the last four saved for the backward."""
+    validate(q, k, v, seq_offsets, max_seq_len, pos_weights, time_weights, timestamps,
+             query_timestamps, num_candidates)
+    prep = prepared_for(seq_offsets, num_candidates, timestamps, query_timestamps,
+                        **_prepare_flags(q, pos_weights, time_weights, max_seq_len, causal))
+    return _forward(q, k, v, pos_weights, time_weights, prep, alpha, save)
+
+
+@_forward_op.register_fake
+def _(q, k, v, seq_offsets, pos_weights, time_weights, timestamps, query_timestamps,
+      num_candidates, max_seq_len, alpha, causal, save):
+    ctx = torch.library.get_ctx()
+    rows, heads = ctx.new_dynamic_size(), q.shape[1]  # padded rows P: data-dependent
+    logits = ctx.new_dynamic_size() if save else 0
+    return (v.new_empty(q.shape[0], heads, v.shape[2]), q.new_empty(rows * heads * q.shape[2]),
+            k.new_empty(rows * heads * k.shape[2]), v.new_empty(rows * heads * v.shape[2]),
+            q.new_empty(logits))
+
+
+@torch.library.custom_op("genrec::hstu_attention_cpu_backward", mutates_args=(),
+                         schema=_BACKWARD_SCHEMA)
+def _backward_op(grad_out, qp, kp, vp, logits, seq_offsets, pos_weights, time_weights,
+                 timestamps, query_timestamps, num_candidates, max_seq_len, alpha, causal, dqk,
+                 pos_grad, time_grad):
+    """(dq, dk, dv, d pos_weights, d time_weights); a table's gradient is empty if not asked."""
+    flags = _prepare_flags(grad_out, pos_weights, time_weights, max_seq_len, causal)
+    prep = prepared_for(seq_offsets, num_candidates, timestamps, query_timestamps, **flags)
+    dq, dk, dv, d_pos, d_time = _backward(grad_out.contiguous(), qp, kp, vp, logits,
+                                          pos_weights, time_weights, prep, alpha, dqk,
+                                          pos_grad, time_grad)
+    return (dq, dk, dv, d_pos.to(pos_weights.dtype) if pos_grad else d_pos,
+            d_time.to(time_weights.dtype) if time_grad else d_time)
+
+
+@_backward_op.register_fake
+def _(grad_out, qp, kp, vp, logits, seq_offsets, pos_weights, time_weights, timestamps,
+      query_timestamps, num_candidates, max_seq_len, alpha, causal, dqk, pos_grad, time_grad):
+    tokens, heads = grad_out.shape[:2]
+    return (qp.new_empty(tokens, heads, dqk), kp.new_empty(tokens, heads, dqk),
+            vp.new_empty(grad_out.shape),
+            pos_weights.new_empty(pos_weights.shape) if pos_grad else qp.new_empty(0),
+            time_weights.new_empty(time_weights.shape) if time_grad else qp.new_empty(0))
+
+
+def _setup_context(ctx, inputs, output):
+    (q, _, _, seq_offsets, pos_weights, time_weights, timestamps, query_timestamps,
+     num_candidates, max_seq_len, alpha, causal, _) = inputs
+    _, qp, kp, vp, logits = output
+    ctx.save_for_backward(qp, kp, vp, logits, seq_offsets, pos_weights, time_weights,
+                          timestamps, query_timestamps, num_candidates)
+    ctx.scalars = (max_seq_len, alpha, causal, q.shape[2])
+
+
+def _autograd_backward(ctx, grad_out, *_):
+    qp, kp, vp, logits, seq_offsets, pos_weights, time_weights, ts, qts, cands = \
+        ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    pos_grad = pos_weights is not None and needs[4]
+    time_grad = time_weights is not None and needs[5]
+    dq, dk, dv, d_pos, d_time = torch.ops.genrec.hstu_attention_cpu_backward(
+        grad_out, qp, kp, vp, logits, seq_offsets, pos_weights, time_weights, ts, qts, cands,
+        *ctx.scalars, pos_grad, time_grad)
+    return (dq, dk, dv, None, d_pos if pos_grad else None, d_time if time_grad else None,
+            None, None, None, None, None, None, None)
+
+
+_forward_op.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
 def hstu_attention_cpu(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -410,17 +426,17 @@ def hstu_attention_cpu(
     """``hstu_attention_reference``, length-grouped, causal-tiled and fused; same arguments.
 
     Returns [T, H, Dv]; differentiable in q, k, v, pos_weights and time_weights (once).
+    A custom op (``torch.ops.genrec.hstu_attention_cpu``): torch.compile traces a model
+    through it without a graph break, and inputs are validated when it runs.
     """
-    if q.shape[0] == 0:
-        return q.new_zeros(0, q.shape[1], v.shape[2])
-    plan = plan_chunks(seq_offsets, num_candidates, q.shape[1], causal)
-    thresholds = ts = qts = None
-    if time_weights is not None:
-        thresholds = _thresholds.get(q.device)
-        if thresholds is None:
-            thresholds = _thresholds[q.device] = bucket_thresholds(THRESHOLD_COUNT).to(q.device)
-        ts, qts = timestamps.long()[plan.gather], query_timestamps.long()[plan.gather]
-    logits = q.shape[1] * sum(c.size * c.width ** 2 for c in plan.chunks)
-    setup = Setup(plan, max_seq_len, float(alpha), causal, num_candidates is not None, ts, qts,
-                  thresholds, COMPILE and logits >= COMPILE_MIN_ELEMENTS, q.shape[2])
-    return _Attention.apply(q, k, v, pos_weights, time_weights, setup)
+    tensors = (q, k, v, seq_offsets)
+    if not all(isinstance(t, torch.Tensor) for t in tensors) or isinstance(max_seq_len, bool) \
+            or not isinstance(max_seq_len, numbers.Integral):
+        validate(q, k, v, seq_offsets, max_seq_len, pos_weights, time_weights, timestamps,
+                 query_timestamps, num_candidates)  # raises the error that names the argument
+    save = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, pos_weights, time_weights))
+    out, *_ = torch.ops.genrec.hstu_attention_cpu(
+        q, k, v, seq_offsets, pos_weights, time_weights, timestamps, query_timestamps,
+        num_candidates, int(max_seq_len), float(alpha), bool(causal), save)
+    return out
