@@ -137,7 +137,7 @@ def evaluate(
     split: Split = "test",
     max_seq_len: int,
     ks: Sequence[int] = DEFAULT_KS,
-    batch_size: int = 512,
+    batch_size: int = 128,
     device: torch.device | str = "cpu",
     exclude_history: bool = True,
     users: np.ndarray | None = None,

@@ -388,12 +388,17 @@ def _setup_context(ctx, inputs, output):
     (q, _, _, seq_offsets, pos_weights, time_weights, timestamps, query_timestamps,
      num_candidates, max_seq_len, alpha, causal, _) = inputs
     _, qp, kp, vp, logits = output
+    # saved buffers, not results: no gradient flows into them, and none is zero-filled for them
+    ctx.mark_non_differentiable(qp, kp, vp, logits)
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(qp, kp, vp, logits, seq_offsets, pos_weights, time_weights,
                           timestamps, query_timestamps, num_candidates)
     ctx.scalars = (max_seq_len, alpha, causal, q.shape[2])
 
 
 def _autograd_backward(ctx, grad_out, *_):
+    if grad_out is None:  # the output did not reach the loss
+        return (None,) * 13
     qp, kp, vp, logits, seq_offsets, pos_weights, time_weights, ts, qts, cands = \
         ctx.saved_tensors
     needs = ctx.needs_input_grad
