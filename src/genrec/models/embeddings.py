@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genrec.config import ModelConfig
+from genrec.ops.dropout import Dropout
 
 L2_EPS = 1e-6
 ITEM_INIT_STD = 0.02
@@ -72,7 +73,7 @@ class InputEmbedding(nn.Module):
         self.embedding_dim = d
         self.item_table = nn.Embedding(num_items + 1, d, padding_idx=0)
         self.position_table = nn.Embedding(padded_length(cfg), d)
-        self.dropout = nn.Dropout(cfg.input_dropout)
+        self.dropout = Dropout(cfg.input_dropout)
         with torch.no_grad():
             _truncated_normal_(self.item_table.weight, ITEM_INIT_STD)
             self.item_table.weight[0].zero_()

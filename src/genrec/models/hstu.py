@@ -31,6 +31,7 @@ from genrec.data.batching import JaggedBatch
 from genrec.models.base import LayerKV, SequentialRetrievalModel
 from genrec.models.embeddings import InputEmbedding, l2_normalise, padded_length
 from genrec.ops import hstu_attention
+from genrec.ops.dropout import Dropout
 
 LAYER_NORM_EPS = 1e-6
 INIT_STD = 0.02  # Linear_1 and the rab tables
@@ -79,7 +80,7 @@ class HSTULayer(nn.Module):
         self.uvqk = nn.Linear(d, heads * (2 * self.dv + 2 * self.dqk), bias=False)
         # Linear_2: bias kept at PyTorch's default init, as Meta's code.
         self.output_proj = nn.Linear(heads * self.dv, d)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         # rab(p, t): position term over j − i in [−N+1, N−1]; time term over buckets
         # 0..num_time_buckets. A disabled term is None.
         self.pos_weights = nn.Parameter(torch.empty(2 * self.normaliser - 1)) \
