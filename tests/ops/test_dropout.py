@@ -60,3 +60,10 @@ def test_probability_outside_zero_one_is_rejected():
         Dropout(1.5)
     with pytest.raises(ValueError, match="dropout probability"):
         dropout(torch.ones(2), -0.1)
+
+
+def test_odd_sizes_and_shapes_are_kept():
+    torch.manual_seed(5)
+    y = dropout(torch.ones(7, 3), 0.5)  # 21 elements: the last random word is half used
+    assert y.shape == (7, 3)
+    assert set(y.unique().tolist()) <= {0.0, 2.0}
