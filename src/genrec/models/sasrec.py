@@ -39,7 +39,7 @@ from genrec.config import ModelConfig
 from genrec.data.batching import JaggedBatch
 from genrec.models.base import LayerKV, SequentialRetrievalModel
 from genrec.models.embeddings import InputEmbedding, l2_normalise
-from genrec.ops.attention.cpu_plan import Chunk, Plan, plan_chunks
+from genrec.ops.attention.cpu_plan import Chunk, Plan, _chunk_view, plan_chunks
 from genrec.ops.dropout import Dropout, dropout
 
 LAYER_NORM_EPS = 1e-8  # original SASRec
@@ -69,10 +69,9 @@ def _padded(x: torch.Tensor, plan: Plan) -> torch.Tensor:
     return x.new_zeros(plan.gather.shape[0], x.shape[1]).index_copy_(0, plan.scatter, x)
 
 
-def _chunk_view(rows: torch.Tensor, chunk: Chunk) -> torch.Tensor:
-    """[P, dh] padded rows -> the chunk's [b, Lc, dh] (a view)."""
-    return rows[chunk.start:chunk.start + chunk.size * chunk.width].view(
-        chunk.size, chunk.width, rows.shape[1])
+def _chunk_rows(rows: torch.Tensor, chunk: Chunk) -> torch.Tensor:
+    """[P, dh] padded rows -> the chunk's [b, Lc, dh] (a view): the one-head layout."""
+    return _chunk_view(rows.view(-1), chunk, 1, rows.shape[1])[0]
 
 
 def _mask_bias(chunk: Chunk, candidates: bool, causal: torch.Tensor) -> torch.Tensor:
@@ -102,7 +101,7 @@ class _ChunkedSoftmaxAttention(torch.autograd.Function):
         causal = q.new_full((width, width), float("-inf")).triu_(1)
         saved = []  # per tile: softmax weights P and P̃, P after dropout
         for chunk in plan.chunks:
-            qc, kc, vc, oc = (_chunk_view(x, chunk) for x in (qp, kp, vp, out))
+            qc, kc, vc, oc = (_chunk_rows(x, chunk) for x in (qp, kp, vp, out))
             bias = _mask_bias(chunk, candidates, causal)
             for lo, hi, end in chunk.tiles:
                 logits = torch.baddbmm(bias[..., lo:hi, :end], qc[:, lo:hi],
@@ -123,7 +122,7 @@ class _ChunkedSoftmaxAttention(torch.autograd.Function):
         dq, dk, dv = torch.empty_like(qp), torch.zeros_like(kp), torch.zeros_like(vp)
         tiles = iter(saved)
         for chunk in plan.chunks:
-            qc, kc, vc, gc, dc, dqc, dkc, dvc = (_chunk_view(x, chunk) for x in (
+            qc, kc, vc, gc, dc, dqc, dkc, dvc = (_chunk_rows(x, chunk) for x in (
                 qp, kp, vp, gp, row_term, dq, dk, dv))
             for (lo, hi, end), (weights, dropped) in zip(chunk.tiles, tiles, strict=False):
                 g = gc[:, lo:hi]  # [b, M, dh]

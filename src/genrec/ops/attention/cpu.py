@@ -204,7 +204,7 @@ def prepare(seq_offsets, num_candidates, timestamps, query_timestamps, *, heads:
 
 
 _thresholds: dict[torch.device, torch.Tensor] = {}
-_last: list = [None]  # the last batch's (weak references, versions, flags, Prepared)
+_last: list = [None]  # the last batch's (weak references, key, Prepared)
 
 
 def _version(t: torch.Tensor | None) -> int | None:
@@ -219,18 +219,17 @@ def prepared_for(seq_offsets, num_candidates, timestamps, query_timestamps,
     the same seq_offsets and timestamps tensors (and the backward again), so the plan and the
     time buckets are computed once per batch instead of once per layer and pass."""
     tensors = (seq_offsets, num_candidates, timestamps, query_timestamps)
-    versions = tuple(_version(t) for t in tensors)
-    flags["compile"] = (COMPILE, COMPILE_MIN_ELEMENTS)  # module switches the tests flip
+    # the key: the tensors' versions, the flags and the module switches the tests flip
+    key = (tuple(_version(t) for t in tensors), flags, COMPILE, COMPILE_MIN_ELEMENTS)
     last = _last[0]
     if last is not None:
-        refs, old_versions, old_flags, value = last
+        refs, old_key, value = last
         same = all((r is None) if t is None else (r is not None and r() is t)
                    for r, t in zip(refs, tensors, strict=True))
-        if same and old_versions == versions and old_flags == flags:
+        if same and old_key == key:
             return value
-    value = prepare(*tensors, **{k: v for k, v in flags.items() if k != "compile"})
-    refs = tuple(None if t is None else weakref.ref(t) for t in tensors)
-    _last[0] = (refs, versions, flags, value)
+    value = prepare(*tensors, **flags)
+    _last[0] = (tuple(None if t is None else weakref.ref(t) for t in tensors), key, value)
     return value
 
 
