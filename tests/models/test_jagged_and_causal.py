@@ -96,3 +96,17 @@ def test_dropout_is_active_in_training_and_off_in_eval():
     torch.testing.assert_close(model(batch), model(batch))
     model.train()
     assert not torch.allclose(model(batch), model(batch))
+
+
+@pytest.mark.parametrize(("kind", "overrides"), [
+    ("hstu", {}), ("hstu", {"attn_norm": "length"}), ("hstu", {"num_heads": 1}),
+    ("hstu", {"position_bias": False, "time_bias": False}), ("hstu", {"num_layers": 1}),
+    ("sasrec", {}),
+])
+def test_last_vectors_equal_the_full_forward_at_last_tokens(kind, overrides):
+    # HSTU runs its last layer for the last tokens only; the vectors must not change
+    model = eval_model(kind, **overrides)
+    batch = random_batch([5, 1, 8, 3])
+    want = model(batch)[batch.last_positions()]
+    got = model.last_vectors(batch)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -89,3 +89,19 @@ def test_rows_never_drawn_get_zero_gradient():
 def test_mismatched_shapes_are_rejected():
     with pytest.raises(ValueError, match=r"ids \[T, K\]"):
         gather_dot(torch.zeros(3, 2), torch.zeros(4, 2), torch.zeros(2, 5, dtype=torch.long))
+
+
+@pytest.mark.parametrize("rows", [1 << 15, (1 << 15) + 1, 70_000])
+def test_table_gradient_for_ids_beyond_16_bits(rows):
+    # the backward sorts the ids as int16 up to 2**15 rows, as int32 beyond: ids near the
+    # top of each range must land on their own rows, not wrap around to negative keys
+    g = torch.Generator().manual_seed(5)
+    queries = torch.randn(6, 3, generator=g)
+    table = torch.randn(rows, 3, generator=g)
+    ids = torch.tensor([[rows - 1, 0, rows - 2], [rows - 1, 1 << 14, 5]] * 3)
+    grad = torch.randn(6, 3, generator=g)
+    got = _output_and_grads(gather_dot, queries, table, ids, grad)
+    want = _reference((queries, table, ids, grad))
+    for a, b in zip(got, want, strict=True):
+        assert _relative_error(a, b) < 1e-5
+    assert gather_module._key_dtype(rows) == (torch.int16 if rows <= 1 << 15 else torch.int32)

@@ -178,7 +178,7 @@ def evaluate(
                 if not np.array_equal(batch.target_ids[last].numpy(),
                                       data.item_ids[target_pos]):
                     raise RuntimeError("eval batch targets disagree with target_positions")
-                user_vecs = model(batch.to(device))[last.to(device)]  # [B, d]
+                user_vecs = model.last_vectors(batch.to(device))  # [B, d]
                 ranks.add(rank_users(user_vecs, item_table, data, batch_users, target_pos,
                                      exclude_history=exclude_history))
     finally:

@@ -43,6 +43,13 @@ class SequentialRetrievalModel(nn.Module):
         """
         raise NotImplementedError
 
+    def last_vectors(self, batch: JaggedBatch) -> torch.Tensor:
+        """[B, d]: ``forward(batch)`` at each sequence's last token, the user vector that
+        retrieval and evaluation rank items with.
+
+        A model may override this to skip work that only other tokens' outputs need."""
+        return self(batch)[batch.last_positions()]
+
     def item_embeddings(self, ids: torch.Tensor | None = None) -> torch.Tensor:
         """L2-normalised item vectors: [..., d] for `ids`, or [num_items + 1, d] for all."""
         raise NotImplementedError

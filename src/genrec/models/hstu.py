@@ -30,7 +30,7 @@ from genrec.config import ModelConfig
 from genrec.data.batching import JaggedBatch
 from genrec.models.base import LayerKV, SequentialRetrievalModel
 from genrec.models.embeddings import InputEmbedding, l2_normalise, padded_length
-from genrec.ops import hstu_attention
+from genrec.ops import hstu_attention, hstu_attention_last
 from genrec.ops.dropout import Dropout
 
 LAYER_NORM_EPS = 1e-6
@@ -131,6 +131,26 @@ class HSTULayer(nn.Module):
         u, q, k, v = self.project(x)
         return self.output(x, u, self.attend(q, k, v, ctx))
 
+    def forward_last(self, x: torch.Tensor, ctx: AttentionContext,
+                     last: torch.Tensor) -> torch.Tensor:
+        """``forward(x, ctx)[last]`` [B, d] for the last token of each sequence (``last`` [B]):
+        keys and values for every token, U and Q for the last ones only."""
+        hv, hqk, heads = self.num_heads * self.dv, self.num_heads * self.dqk, self.num_heads
+        w_u, w_v, w_q, w_k = torch.split(self.uvqk.weight, [hv, hv, hqk, hqk])
+        x_norm = F.layer_norm(x, x.shape[-1:], eps=LAYER_NORM_EPS)
+        v, k = torch.split(F.silu(F.linear(x_norm, torch.cat([w_v, w_k]))), [hv, hqk], dim=-1)
+        u, q = torch.split(F.silu(F.linear(x_norm[last], torch.cat([w_u, w_q]))), [hv, hqk],
+                           dim=-1)
+        av = hstu_attention_last(
+            q.reshape(-1, heads, self.dqk), k.reshape(-1, heads, self.dqk),
+            v.reshape(-1, heads, self.dv), ctx.seq_offsets, self.normaliser, alpha=1.0,
+            pos_weights=self.pos_weights, time_weights=self.time_weights,
+            timestamps=ctx.timestamps, query_timestamps=ctx.query_timestamps,
+        )  # [B, H, dv]
+        if ctx.row_scale is not None:
+            av = av * ctx.row_scale[last].to(av.dtype)[:, None, None]
+        return self.output(x[last], u, av)
+
 
 class HSTU(SequentialRetrievalModel):
     """The HSTU encoder: one L2-normalised user vector per token."""
@@ -159,6 +179,18 @@ class HSTU(SequentialRetrievalModel):
             kv.append((k, v))
         out = l2_normalise(x)
         return (out, kv) if return_kv else out
+
+    def last_vectors(self, batch: JaggedBatch) -> torch.Tensor:
+        """[B, d] = ``forward(batch)`` at each sequence's last token, with the last layer run
+        for those tokens only (``hstu_attention_last``): about half the work of a 2-layer
+        forward pass at evaluation and serving time."""
+        if not self.layers:
+            return super().last_vectors(batch)
+        x = self.embedding(batch.item_ids, batch.seq_offsets, batch.max_len)
+        ctx = attention_context(self.cfg, batch)
+        for layer in self.layers[:-1]:
+            x = layer(x, ctx)
+        return l2_normalise(self.layers[-1].forward_last(x, ctx, batch.last_positions()))
 
     def item_embeddings(self, ids: torch.Tensor | None = None) -> torch.Tensor:
         """L2-normalised item vectors: [..., d] for `ids`, or [num_items + 1, d] for all."""

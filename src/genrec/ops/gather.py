@@ -78,8 +78,8 @@ def _gather_dot_backward(grad: torch.Tensor, queries: torch.Tensor, table: torch
     num_queries, per_query = ids.shape
     grad_queries = F.embedding_bag(ids, table, mode="sum",
                                    per_sample_weights=grad.to(table.dtype))  # [T, d]
-    # int32 keys sort about 2x faster than int64 ones; the ids are table rows (< 2**31)
-    sorted_ids, order = torch.sort(ids.reshape(-1).to(torch.int32), stable=True)
+    # narrow keys sort faster (2.6M ids: int16 11 ms, int32 19-25 ms, int64 38 ms on CPU-2)
+    sorted_ids, order = torch.sort(ids.reshape(-1).to(_key_dtype(table.shape[0])), stable=True)
     counts = torch.bincount(sorted_ids, minlength=table.shape[0])  # [R]
     offsets = torch.cumsum(counts, 0) - counts  # start of each row's bag
     grad_table = F.embedding_bag(
@@ -87,6 +87,11 @@ def _gather_dot_backward(grad: torch.Tensor, queries: torch.Tensor, table: torch
         per_sample_weights=grad.reshape(-1)[order].to(queries.dtype),
     )  # [R, d]
     return grad_queries.to(queries.dtype), grad_table.to(table.dtype)
+
+
+def _key_dtype(rows: int) -> torch.dtype:
+    """The narrowest signed integer type that holds row ids 0..rows-1, for the sort."""
+    return torch.int16 if rows <= 1 << 15 else torch.int32 if rows <= 1 << 31 else torch.int64
 
 
 @_gather_dot_backward.register_fake

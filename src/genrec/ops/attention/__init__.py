@@ -5,8 +5,10 @@ counts, the position table's reach), then dispatches to the fused Triton kernel
 (``kernel.py``) on CUDA, to the length-grouped, fused CPU path (``cpu.py``) on CPU, and to the
 plain PyTorch reference (``reference.py``, the specification) only when asked;
 ``backend="torch"|"cpu"|"triton"`` or the environment variable ``GENREC_ATTENTION_BACKEND``
-forces one (the argument wins). On CPU tensors the Triton backend needs ``TRITON_INTERPRET=1`` set
-before Triton is imported (the tests do this). See NOTES.md for the kernel's design and status.
+forces one (the argument wins). ``hstu_attention_last`` (``last.py``) is the same function at
+each sequence's last token only, for models that need no other output (evaluation, serving).
+On CPU tensors the Triton backend needs ``TRITON_INTERPRET=1`` set before Triton is imported
+(the tests do this). See NOTES.md for the kernel's design and status.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import torch
 
 from genrec.ops.attention.cpu import hstu_attention_cpu
+from genrec.ops.attention.last import hstu_attention_last
 from genrec.ops.attention.reference import hstu_attention_reference, time_buckets
 from genrec.ops.attention.validation import _fail, validate
 
@@ -86,5 +89,5 @@ def hstu_attention(
     return hstu_attention_reference(*args)
 
 
-__all__ = ["hstu_attention", "hstu_attention_cpu", "hstu_attention_reference", "time_buckets",
-           "validate", "BACKENDS"]
+__all__ = ["hstu_attention", "hstu_attention_cpu", "hstu_attention_last",
+           "hstu_attention_reference", "time_buckets", "validate", "BACKENDS"]
