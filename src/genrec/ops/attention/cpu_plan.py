@@ -30,11 +30,17 @@ class Chunk:
 
 @dataclass
 class Plan:
-    """Gather [P] token index into the padded layout, and [T] padded row of each token."""
+    """Gather [P] token index into the padded layout, and [T] padded row of each token.
+
+    With H heads, ``head_gather`` [P·H] and ``head_scatter`` [T·H] do the same for the rows of
+    a [T·H, D] view: the flat chunk-major buffer in one ``index_select`` each way, no permute.
+    """
 
     gather: torch.Tensor  # [P] int64 (padding rows point at a real token of their sequence)
     scatter: torch.Tensor  # [T] int64
     chunks: list[Chunk]
+    head_gather: torch.Tensor  # [P·H] int64: row token·H + h of [T·H, D], chunk-major order
+    head_scatter: torch.Tensor  # [T·H] int64: row of token t, head h in the flat buffer
 
 
 def plan_chunks(seq_offsets: torch.Tensor, num_candidates: torch.Tensor | None, heads: int,
@@ -78,7 +84,29 @@ def plan_chunks(seq_offsets: torch.Tensor, num_candidates: torch.Tensor | None, 
     for chunk in chunks:
         chunk.lengths, chunk.first_candidate = (chunk.lengths.to(device),
                                                 chunk.first_candidate.to(device))
-    return Plan(gather.to(device), scatter.to(device), chunks)
+    head_gather, head_scatter = _head_rows(gather, scatter, chunks, heads)
+    return Plan(gather.to(device), scatter.to(device), chunks, head_gather.to(device),
+                head_scatter.to(device))
+
+
+def _head_rows(gather: torch.Tensor, scatter: torch.Tensor, chunks: list[Chunk],
+               heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``gather`` and ``scatter`` for the rows of a [T·H, D] view (see ``Plan``)."""
+    if heads == 1:
+        return gather, scatter
+    head = torch.arange(heads)
+    chunk_start = torch.empty_like(gather)  # [P] first padded row of each row's chunk
+    chunk_rows = torch.empty_like(gather)  # [P] b·Lc of each row's chunk
+    parts = []
+    for chunk in chunks:
+        rows = slice(chunk.start, chunk.start + chunk.size * chunk.width)
+        chunk_start[rows], chunk_rows[rows] = chunk.start, chunk.size * chunk.width
+        parts.append((gather[rows][None, :] * heads + head[:, None]).flatten())  # [H·b·Lc]
+    head_gather = torch.cat(parts) if parts else gather
+    # chunk-major: chunk c's head h block starts at H·start_c + h·b·Lc
+    start, rows = chunk_start[scatter], chunk_rows[scatter]  # [T]
+    head_scatter = (start * heads + (scatter - start))[:, None] + head[None, :] * rows[:, None]
+    return head_gather, head_scatter.flatten()
 
 
 def _tiles(width: int, causal: bool) -> list[tuple[int, int, int]]:
@@ -103,27 +131,12 @@ def _chunk_view(x: torch.Tensor, chunk: Chunk, heads: int, dim: int) -> torch.Te
 
 
 def _padded(x: torch.Tensor, plan: Plan) -> torch.Tensor:
-    """[T, H, D] jagged -> [P·H·D] flat chunk-major padded buffer."""
+    """[T, H, D] jagged -> [P·H·D] flat chunk-major padded buffer (``plan`` made for H)."""
     tokens, heads, dim = x.shape
     # index_select of 2-D rows is a memcpy per row, several times faster than of [T, H, D]
-    rows = x.reshape(tokens, heads * dim).index_select(0, plan.gather)  # [P, H·D]
-    if heads == 1:
-        return rows.view(-1)
-    out = rows.new_empty(rows.numel())
-    for chunk in plan.chunks:
-        start, end = chunk.start, chunk.start + chunk.size * chunk.width
-        _chunk_view(out, chunk, heads, dim).copy_(
-            rows[start:end].view(chunk.size, chunk.width, heads, dim).permute(2, 0, 1, 3))
-    return out
+    return x.reshape(tokens * heads, dim).index_select(0, plan.head_gather).view(-1)
 
 
 def _jagged(x: torch.Tensor, plan: Plan, heads: int, dim: int) -> torch.Tensor:
     """[P·H·D] flat chunk-major padded buffer -> [T, H, D]: each token from its own row."""
-    rows = x.view(-1, heads * dim)
-    if heads > 1:
-        rows = torch.empty_like(rows)
-        for chunk in plan.chunks:
-            start, end = chunk.start, chunk.start + chunk.size * chunk.width
-            rows[start:end].view(chunk.size, chunk.width, heads, dim).copy_(
-                _chunk_view(x, chunk, heads, dim).permute(1, 2, 0, 3))
-    return rows.index_select(0, plan.scatter).view(-1, heads, dim)
+    return x.view(-1, dim).index_select(0, plan.head_scatter).view(-1, heads, dim)
