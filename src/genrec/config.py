@@ -99,6 +99,9 @@ class TrainConfig:
     eval_every: int = 5  # epochs between evaluations (and checkpoint selection)
     checkpoint_every: int = 1  # epochs between checkpoints
     num_threads: int | None = None  # torch intra-op threads on CPU; None = torch default
+    # on CPU, keep freed memory in the process for reuse instead of page-faulting it back every
+    # step (glibc mallopt, process-wide; see genrec/train/host.py)
+    retain_freed_memory: bool = True
     progress: bool = True
     # torch.compile the encoder and the loss: None = on CPU only (where it pays most and the
     # Triton kernel is not in play); falls back to eager with a warning if compiling fails

@@ -30,6 +30,7 @@ from genrec.models import build_model
 from genrec.models.base import SequentialRetrievalModel
 from genrec.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from genrec.train.flops import FlopCounter
+from genrec.train.host import retain_freed_memory
 from genrec.train.objective import RetrievalObjective
 from genrec.train.stochastic_length import StochasticLength
 
@@ -59,6 +60,8 @@ class Trainer:
         self.device = resolve_device(cfg.train.device)
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
+        if self.device.type == "cpu" and cfg.train.retain_freed_memory:
+            retain_freed_memory()
         torch.manual_seed(cfg.train.seed)
         self.model = model if model is not None else build_model(cfg.model, data.num_items)
         self.model.to(self.device)
