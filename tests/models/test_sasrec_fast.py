@@ -16,8 +16,9 @@ from model_fixtures import NUM_ITEMS, random_batch, small_config
 from genrec.data.batching import JaggedBatch
 from genrec.models import build_model
 from genrec.models.embeddings import l2_normalise
-from genrec.models.sasrec import SASRec, attention_plan, causal_softmax_attention
+from genrec.models.sasrec import SASRec
 from genrec.ops.jagged import padded_index
+from genrec.ops.softmax_attention import attention_plan, causal_softmax_attention
 
 LENGTHS = [1, 8, 5, 2, 7, 8, 3, 1, 6]  # lengths 1, odd ones, the longest (8) twice
 
