@@ -64,6 +64,21 @@ def test_probability_outside_zero_one_is_rejected():
 
 def test_odd_sizes_and_shapes_are_kept():
     torch.manual_seed(5)
-    y = dropout(torch.ones(7, 3), 0.5)  # 21 elements: the last random word is half used
+    y = dropout(torch.ones(7, 3), 0.5)  # 21 elements: the last random word is partly used
     assert y.shape == (7, 3)
     assert set(y.unique().tolist()) <= {0.0, 2.0}
+
+
+@pytest.mark.parametrize("p", [1e-6, 0.1, 0.2, 0.5, 0.9, 1 - 1e-6])
+def test_drop_rate_is_p_rounded_to_16_bits(monkeypatch, p):
+    # feed the mask every 16-bit value once: exactly round(p * 2**16) of them are dropped
+    every_value = torch.arange(-(2**15), 2**15, dtype=torch.int64).to(torch.int16)
+
+    def enumerate_all(words, *args, **kwargs):
+        words.view(torch.int16).copy_(every_value)
+        return words
+
+    monkeypatch.setattr(torch.Tensor, "random_", enumerate_all)
+    dropped = (dropout(torch.ones(2**16), p) == 0).sum().item()
+    assert dropped == round(p * 2**16)
+    assert abs(dropped / 2**16 - p) <= 2**-17
