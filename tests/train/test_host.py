@@ -16,8 +16,10 @@ GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 
 @pytest.fixture
-def fresh(monkeypatch):
-    monkeypatch.setattr(host, "_applied", [])
+def fresh():
+    host.retain_freed_memory.cache_clear()
+    yield
+    host.retain_freed_memory.cache_clear()
 
 
 def test_retain_freed_memory_sets_both_glibc_thresholds_once(fresh, monkeypatch):

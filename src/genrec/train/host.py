@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import platform
 
@@ -24,13 +25,9 @@ M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
 M_MMAP_THRESHOLD = -3
 RETAIN_BYTES = 1 << 30  # blocks up to 1 GiB come from the heap; a 1 GiB free top is kept
 
-_applied: list[bool] = []
-
-
+@functools.cache  # once per process
 def retain_freed_memory() -> bool:
-    """Ask glibc to keep freed memory for reuse (once per process); True if it took effect."""
-    if _applied:
-        return _applied[0]
+    """Ask glibc to keep freed memory for reuse; True if it took effect."""
     ok = False
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         try:
@@ -39,6 +36,5 @@ def retain_freed_memory() -> bool:
                 bool(libc.mallopt(M_TRIM_THRESHOLD, RETAIN_BYTES))
         except (OSError, AttributeError) as err:  # no libc to load, no mallopt in it
             log.debug("mallopt unavailable: %s", err)
-    _applied.append(ok)
     log.debug("retain freed memory (glibc mallopt): %s", ok)
     return ok
