@@ -134,22 +134,16 @@ class HSTULayer(nn.Module):
     def forward_last(self, x: torch.Tensor, ctx: AttentionContext,
                      last: torch.Tensor) -> torch.Tensor:
         """``forward(x, ctx)[last]`` [B, d] for the last token of each sequence (``last`` [B]):
-        keys and values for every token, U and Q for the last ones only."""
-        hv, hqk, heads = self.num_heads * self.dv, self.num_heads * self.dqk, self.num_heads
-        w_u, w_v, w_q, w_k = torch.split(self.uvqk.weight, [hv, hv, hqk, hqk])
-        x_norm = F.layer_norm(x, x.shape[-1:], eps=LAYER_NORM_EPS)
-        v, k = torch.split(F.silu(F.linear(x_norm, torch.cat([w_v, w_k]))), [hv, hqk], dim=-1)
-        u, q = torch.split(F.silu(F.linear(x_norm[last], torch.cat([w_u, w_q]))), [hv, hqk],
-                           dim=-1)
+        keys and values of every token, attention for the last queries only."""
+        u, q, k, v = self.project(x)
         av = hstu_attention_last(
-            q.reshape(-1, heads, self.dqk), k.reshape(-1, heads, self.dqk),
-            v.reshape(-1, heads, self.dv), ctx.seq_offsets, self.normaliser, alpha=1.0,
+            q[last], k, v, ctx.seq_offsets, self.normaliser, alpha=1.0,
             pos_weights=self.pos_weights, time_weights=self.time_weights,
             timestamps=ctx.timestamps, query_timestamps=ctx.query_timestamps,
         )  # [B, H, dv]
         if ctx.row_scale is not None:
             av = av * ctx.row_scale[last].to(av.dtype)[:, None, None]
-        return self.output(x[last], u, av)
+        return self.output(x[last], u[last], av)
 
 
 class HSTU(SequentialRetrievalModel):
