@@ -105,3 +105,23 @@ def test_table_gradient_for_ids_beyond_16_bits(rows):
     for a, b in zip(got, want, strict=True):
         assert _relative_error(a, b) < 1e-5
     assert gather_module._key_dtype(rows) == (torch.int16 if rows <= 1 << 15 else torch.int32)
+
+
+@pytest.mark.parametrize("per_row", [1, 2, 3, 7, 129, 1000, 65_537])
+def test_row_of_flat_index_is_floor_division(per_row):
+    # the backward maps sorted flat indices to query rows with a multiply and a shift; it
+    # must equal floor division everywhere it is used, up to its bound 2**32 / per_row
+    bound = gather_module._row_of_bound(per_row)
+    flat = torch.cat([torch.arange(5000), torch.arange(bound - 5000, bound),
+                      torch.randint(0, bound, (20_000,), generator=torch.Generator().manual_seed(3))])
+    want = torch.div(flat, per_row, rounding_mode="floor")
+    assert torch.equal(gather_module._row_of(flat, per_row), want)
+
+
+def test_row_of_falls_back_to_division_past_its_bound():
+    # 1366 indices pass 2**32 // per_row = 1365: the division path, which stays exact for
+    # values where the multiply and shift would be off by hundreds
+    per_row = 3 * (1 << 20) + 1
+    flat = torch.arange(1366) * (1 << 29) + 12345
+    want = torch.div(flat, per_row, rounding_mode="floor")
+    assert torch.equal(gather_module._row_of(flat, per_row), want)
