@@ -37,6 +37,7 @@ MODELS = {"sasrec": ("SASRecModel", 2, 1), "hstu": ("HSTUModel", 2, 1),
           "hstu-large": ("HSTUModel", 8, 2)}  # name -> (RecTools class, blocks, heads)
 TEMPERATURE = 0.05  # genrec's TrainConfig.temperature
 _EPOCH_SECONDS: list[float] = []  # filled by the trainer callback in the child
+_EPOCH_CPU_SECONDS: list[float] = []  # process CPU time (all threads) of the same epochs
 
 
 def run_rectools(model: str, ratings: Any, *, epochs: int, n_factors: int = 50,
@@ -52,7 +53,8 @@ def run_rectools(model: str, ratings: Any, *, epochs: int, n_factors: int = 50,
     leave-last-out here, or a ``(train, holdout)`` pair of such tables already split.
     ``n_blocks``/``n_heads`` default to the model's preset (hstu-large: 8 blocks, 2 heads).
 
-    Returns a dict with ``seconds_per_epoch`` (every epoch), ``steady_seconds_per_epoch``
+    Returns a dict with ``seconds_per_epoch`` (every epoch, wall), ``cpu_seconds_per_epoch``
+    (the same epochs' process CPU time, user+sys of all threads), ``steady_seconds_per_epoch``
     (mean without the first epoch when there are several), ``fit_seconds`` (wall) and
     ``fit_cpu_seconds`` (user+sys of the child during fit),
     ``peak_rss_mb`` (child's ru_maxrss after fit; ``rss_before_fit_mb`` is the same just
@@ -146,10 +148,11 @@ def _make_trainer(epochs: int):
 
     class EpochTimer(Callback):
         def on_train_epoch_start(self, trainer, pl_module):
-            self.start = time.perf_counter()
+            self.start, self.cpu_start = time.perf_counter(), time.process_time()
 
         def on_train_epoch_end(self, trainer, pl_module):
             _EPOCH_SECONDS.append(time.perf_counter() - self.start)
+            _EPOCH_CPU_SECONDS.append(time.process_time() - self.cpu_start)
 
     return Trainer(max_epochs=epochs, min_epochs=epochs, accelerator="cpu", devices=1,
                    logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -203,6 +206,7 @@ def _worker(spec: dict) -> dict:
     result: dict[str, Any] = {
         "model": spec["model"], "rectools_class": cls.__name__, "epochs": spec["epochs"],
         "seconds_per_epoch": [round(s, 3) for s in per_epoch],
+        "cpu_seconds_per_epoch": [round(s, 3) for s in _EPOCH_CPU_SECONDS],
         "steady_seconds_per_epoch": round(float(np.mean(per_epoch[1:] or per_epoch)), 3),
         "fit_seconds": round(fit_seconds, 3),
         "fit_cpu_seconds": round(cpu, 3),  # user+sys; cpu/wall < threads means contention

@@ -112,8 +112,8 @@ def test_row_of_flat_index_is_floor_division(per_row):
     # the backward maps sorted flat indices to query rows with a multiply and a shift; it
     # must equal floor division everywhere it is used, up to its bound 2**32 / per_row
     bound = gather_module._row_of_bound(per_row)
-    flat = torch.cat([torch.arange(5000), torch.arange(bound - 5000, bound),
-                      torch.randint(0, bound, (20_000,), generator=torch.Generator().manual_seed(3))])
+    drawn = torch.randint(0, bound, (20_000,), generator=torch.Generator().manual_seed(3))
+    flat = torch.cat([torch.arange(5000), torch.arange(bound - 5000, bound), drawn])
     want = torch.div(flat, per_row, rounding_mode="floor")
     assert torch.equal(gather_module._row_of(flat, per_row), want)
 
