@@ -99,14 +99,26 @@ def test_cpu_path_of_an_empty_batch(eager):
     assert fast(case).shape == (0, 2, 8)
 
 
-def test_time_buckets_equal_the_float64_reference_at_every_edge():
-    """Exact for gaps below 2**53 (the reference's float64 is itself inexact above)."""
+def _bucket_test_gaps() -> torch.Tensor:
+    """Every bucket edge ±1 and ±2, and 200k log-uniform gaps up to 2**52, both signs."""
     edges = bucket_thresholds(cpu.THRESHOLD_COUNT)
-    edges = edges[edges < 2**53 - 1]
-    gaps = torch.cat([edges - 1, edges, edges + 1, -edges, torch.tensor([0, 2**40, -(2**52)])])
+    edges = edges[edges < 2**53 - 2]
+    g = torch.Generator().manual_seed(11)
+    drawn = torch.exp(torch.rand(200_000, generator=g, dtype=torch.float64) * 52 * 0.6931)
+    drawn = drawn.long() * (torch.randint(0, 2, (200_000,), generator=g) * 2 - 1)
+    return torch.cat([edges - 2, edges - 1, edges, edges + 1, edges + 2, -edges, drawn,
+                      torch.tensor([0, 1, 2**40, -(2**52)])])
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_time_buckets_equal_the_float64_reference_at_every_edge(compiled):
+    """Exact for gaps below 2**53 (the reference's float64 is itself inexact above), eagerly
+    and through inductor (whose vectorised log is not the eager one)."""
+    gaps = _bucket_test_gaps()
+    fn = torch.compile(cpu._time_buckets, dynamic=True) if compiled else cpu._time_buckets
     for num_buckets in (129, 3, 160):
         want = time_buckets(gaps, num_buckets)
-        got = cpu._time_buckets(gaps, bucket_thresholds(cpu.THRESHOLD_COUNT), num_buckets)
+        got = fn(gaps, bucket_thresholds(cpu.THRESHOLD_COUNT), num_buckets)
         assert torch.equal(got, want)
 
 
