@@ -14,16 +14,33 @@ ML-1M: T ≈ 13k, K = 129, d = 50). Here both gradients are gathers instead, don
     grad_table[r]   = Σ_{(t, k): ids[t, k] = r} grad[t, k] · queries[t]   one bag per row,
                       after a stable sort of the ids (which makes it deterministic too).
 
-The forward never materialises [T, K, d] under torch.compile (Inductor fuses gather, multiply
-and sum into one loop); eagerly it runs in chunks of queries that stay in cache.
+On CPU, with a C++ compiler at hand (``genrec.ops.native`` builds ``csrc/gather_dot.cpp``),
+both directions are native kernels instead, opaque to torch.compile:
+
+- forward: four ids per pass over a query, rows prefetched a few ids ahead (the reads are
+  latency-bound); as fast as Inductor's fused loop, and it keeps Inductor from inlining the
+  table's normalisation into every gathered element.
+- backward: one pass, each thread adding its queries' rows into a private [R, d] table
+  gradient, then the private tables summed in thread order. No sort, no atomics;
+  deterministic for a given thread count. Used while the private tables stay small
+  (``NATIVE_SCRATCH_LIMIT``); the embedding-bag path above is the fallback.
+
+Without the native kernels the forward is the reference, fused by Inductor under
+torch.compile (never materialising [T, K, d]) and run eagerly in chunks of queries that stay
+in cache.
 """
 
 from __future__ import annotations
 
+import ctypes
+
 import torch
 import torch.nn.functional as F
 
+from genrec.ops import native
+
 EAGER_CHUNK = 512  # queries per eager forward chunk: [512, K, d] gathered rows stay small
+NATIVE_SCRATCH_LIMIT = 1 << 26  # bytes of private table gradients the native backward may use
 
 
 def gather_dot_reference(queries: torch.Tensor, table: torch.Tensor,
@@ -48,6 +65,8 @@ class _GatherDot(torch.autograd.Function):
     def forward(ctx, queries: torch.Tensor, table: torch.Tensor,  # type: ignore[override]
                 ids: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(queries, table, ids)
+        if _native_fits(queries, table, ids) and _native_built():
+            return torch.ops.genrec.gather_dot_forward(queries, table, ids)
         if torch.compiler.is_compiling():
             return gather_dot_reference(queries, table, ids)  # fused by Inductor
         return _chunked_forward(queries, table, ids)
@@ -57,6 +76,27 @@ class _GatherDot(torch.autograd.Function):
         queries, table, ids = ctx.saved_tensors
         grad_queries, grad_table = torch.ops.genrec.gather_dot_backward(grad, queries, table, ids)
         return grad_queries, grad_table, None
+
+
+@torch.library.custom_op("genrec::gather_dot_forward", mutates_args=())
+def _gather_dot_forward(queries: torch.Tensor, table: torch.Tensor,
+                        ids: torch.Tensor) -> torch.Tensor:
+    """The native forward (the chunked one if the library went away since tracing)."""
+    lib = native.load("gather_dot") if _native_fits(queries, table, ids) else None
+    if lib is None:
+        return _chunked_forward(queries, table, ids)
+    queries, table, ids = (x.contiguous() for x in (queries, table, ids))
+    out = queries.new_empty(ids.shape)
+    bad = _kernel(lib, "forward", table.dtype)(
+        queries.data_ptr(), table.data_ptr(), ids.data_ptr(), out.data_ptr(), *ids.shape,
+        table.shape[1], table.shape[0], torch.get_num_threads())
+    _check_ids(bad, ids, table)
+    return out
+
+
+@_gather_dot_forward.register_fake
+def _(queries, table, ids):
+    return queries.new_empty(ids.shape)
 
 
 def _chunked_forward(queries: torch.Tensor, table: torch.Tensor,
@@ -73,8 +113,11 @@ def _chunked_forward(queries: torch.Tensor, table: torch.Tensor,
 @torch.library.custom_op("genrec::gather_dot_backward", mutates_args=())
 def _gather_dot_backward(grad: torch.Tensor, queries: torch.Tensor, table: torch.Tensor,
                          ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    # An opaque op, so that torch.compile keeps these two embedding bags as they are instead
-    # of lowering them back into a scatter.
+    # An opaque op, so that torch.compile keeps this code as it is instead of lowering it
+    # back into a scatter.
+    kernel = _native_backward(grad, queries, table, ids)
+    if kernel is not None:
+        return _run_native_backward(kernel, grad, queries, table, ids)
     num_queries, per_query = ids.shape
     grad_queries = F.embedding_bag(ids, table, mode="sum",
                                    per_sample_weights=grad.to(table.dtype))  # [T, d]
@@ -87,6 +130,62 @@ def _gather_dot_backward(grad: torch.Tensor, queries: torch.Tensor, table: torch
         per_sample_weights=torch.gather(grad.reshape(-1), 0, order).to(queries.dtype),
     )  # [R, d]
     return grad_queries.to(queries.dtype), grad_table.to(table.dtype)
+
+
+def _native_fits(queries, table, ids, grad=None) -> bool:
+    """Whether the native kernels take these tensors: one float type, int64 ids, CPU."""
+    dtype, device = table.dtype, table.device
+    return (dtype in (torch.float32, torch.float64) and device.type == "cpu"
+            and queries.dtype == dtype and queries.device == device
+            and (grad is None or (grad.dtype == dtype and grad.device == device))
+            and ids.dtype == torch.int64 and ids.device == device
+            and queries.dim() == 2 and table.dim() == 2 and queries.shape[1] == table.shape[1])
+
+
+@torch.compiler.assume_constant_result  # decided once when torch.compile traces
+def _native_built() -> bool:
+    return native.load("gather_dot") is not None
+
+
+def _native_backward(grad, queries, table, ids):
+    """The native backward kernel for these tensors, or None (the embedding-bag path)."""
+    if not _native_fits(queries, table, ids, grad):
+        return None
+    threads = torch.get_num_threads()
+    if (threads - 1) * table.numel() * table.element_size() > NATIVE_SCRATCH_LIMIT:
+        return None
+    lib = native.load("gather_dot")
+    return None if lib is None else _kernel(lib, "backward", table.dtype)
+
+
+_ARGUMENTS = {"forward": 4 * [ctypes.c_void_p] + 4 * [ctypes.c_int64] + [ctypes.c_int],
+              "backward": 7 * [ctypes.c_void_p] + 4 * [ctypes.c_int64] + [ctypes.c_int]}
+
+
+def _kernel(lib: ctypes.CDLL, which: str, dtype: torch.dtype):
+    """A kernel of the library, typed; it returns -1 or the flat index of an id outside."""
+    kernel = getattr(lib, f"genrec_gather_dot_{which}_{'f32' if dtype == torch.float32 else 'f64'}")
+    kernel.argtypes, kernel.restype = _ARGUMENTS[which], ctypes.c_int64
+    return kernel
+
+
+def _check_ids(bad: int, ids: torch.Tensor, table: torch.Tensor) -> None:
+    if bad >= 0:
+        row, column = divmod(bad, ids.shape[1])
+        raise IndexError(f"gather_dot: ids[{row}, {column}] = {int(ids[row, column])} is "
+                         f"outside the table's {table.shape[0]} rows")
+
+
+def _run_native_backward(kernel, grad, queries, table, ids):
+    grad, queries, table, ids = (x.contiguous() for x in (grad, queries, table, ids))
+    threads = torch.get_num_threads()
+    grad_queries, grad_table = torch.empty_like(queries), torch.empty_like(table)
+    scratch = table.new_empty((max(threads - 1, 0),) + tuple(table.shape))
+    bad = kernel(grad.data_ptr(), queries.data_ptr(), table.data_ptr(), ids.data_ptr(),
+                 grad_queries.data_ptr(), grad_table.data_ptr(), scratch.data_ptr(),
+                 *ids.shape, table.shape[1], table.shape[0], threads)
+    _check_ids(bad, ids, table)
+    return grad_queries, grad_table
 
 
 def _row_of(flat: torch.Tensor, per_row: int) -> torch.Tensor:
