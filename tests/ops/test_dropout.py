@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import genrec.ops.dropout as dropout_module
 from genrec.ops.dropout import Dropout, dropout
 
 
@@ -74,11 +75,11 @@ def test_drop_rate_is_p_rounded_to_16_bits(monkeypatch, p):
     # feed the mask every 16-bit value once: exactly round(p * 2**16) of them are dropped
     every_value = torch.arange(-(2**15), 2**15, dtype=torch.int64).to(torch.int16)
 
-    def enumerate_all(words, *args, **kwargs):
-        words.view(torch.int16).copy_(every_value)
-        return words
+    def enumerate_all(n, **kwargs):
+        assert n == 2**16 // 4  # four 16-bit decisions per word
+        return every_value.view(torch.int64).clone()
 
-    monkeypatch.setattr(torch.Tensor, "random_", enumerate_all)
+    monkeypatch.setattr(dropout_module, "random_words", enumerate_all)
     dropped = (dropout(torch.ones(2**16), p) == 0).sum().item()
     assert dropped == round(p * 2**16)
     assert abs(dropped / 2**16 - p) <= 2**-17

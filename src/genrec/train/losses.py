@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from genrec.ops.gather import gather_dot
+from genrec.ops.rng import randint
 
 ItemEmbeddings = Callable[[torch.Tensor | None], torch.Tensor]  # ids -> [..., d] unit vectors
 
@@ -24,9 +25,10 @@ def sample_negatives(
 
     Returns [T, K] (a fresh draw per position, as Meta's code) or [K] when ``shared`` (one
     draw for the whole batch: the same distribution per position, far less memory traffic).
+    Drawn by ``genrec.ops.rng.randint`` (parallel on CPU, seeded from PyTorch's generator).
     """
     shape = (num_negatives,) if shared else (num_positions, num_negatives)
-    return torch.randint(1, num_items + 1, shape, device=device, generator=generator)
+    return randint(1, num_items + 1, shape, device=device, generator=generator)
 
 
 def sampled_softmax_loss(
