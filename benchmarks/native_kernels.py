@@ -1,0 +1,136 @@
+"""The native CPU kernels against the PyTorch paths they replace, in the same process.
+
+Shapes are one ML-1M training step's (T positions, 1 + K ids each, an R-row item table of
+width d). Each measurement alternates native and PyTorch calls and reports medians, so the
+ratio holds even on a machine whose speed drifts:
+
+- gather_dot forward: native, against the reference compiled by Inductor;
+- gather_dot backward: native, against the sort + embedding-bag path;
+- the per-position sampled-softmax loss, forward + backward, compiled, both paths;
+- uniform negatives [T, K]: ``genrec.ops.rng.randint`` against ``torch.randint``;
+- dropout words for a [T, d] mask: ``genrec.ops.rng.random_words`` against ``random_``.
+
+    python benchmarks/native_kernels.py --threads 2 --json benchmarks/results/native_kernels.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+import types
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from genrec.ops import native, rng
+from genrec.ops.gather import gather_dot, gather_dot_reference
+from genrec.train.losses import sampled_softmax_loss
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _copy(fn):
+    copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__,
+                              fn.__defaults__, fn.__closure__)
+    copy.__kwdefaults__ = fn.__kwdefaults__
+    return copy
+
+
+def alternate(native_fn, torch_fn, repeats: int) -> tuple[float, float]:
+    """Median seconds of each, calls interleaved; native.ENABLED flipped around each call."""
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for i in range(repeats + 2):
+        for on, fn in ((True, native_fn), (False, torch_fn)):
+            native.ENABLED = on
+            seconds = timed(fn)
+            if i >= 2:  # two warm-up rounds (compilation, first touch)
+                times[on].append(seconds)
+    native.ENABLED = True
+    return statistics.median(times[True]), statistics.median(times[False])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--positions", type=int, default=14_000)
+    parser.add_argument("--negatives", type=int, default=128)
+    parser.add_argument("--rows", type=int, default=3_616)
+    parser.add_argument("--dim", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=25)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if native.load("gather_dot") is None or native.load("random") is None:
+        raise SystemExit("the native kernels did not build here (see the warning above)")
+
+    T, K, R, d = args.positions, args.negatives, args.rows, args.dim
+    g = torch.Generator().manual_seed(0)
+    queries = F.normalize(torch.randn(T, d, generator=g), dim=-1)
+    table = F.normalize(torch.randn(R, d, generator=g), dim=-1)
+    ids = torch.randint(1, R, (T, 1 + K), generator=g)
+    grad = torch.randn(T, 1 + K, generator=g)
+    reference = torch.compile(gather_dot_reference, dynamic=True)
+    embedding = torch.nn.Embedding(R, d)
+
+    def item_embeddings(which=None):
+        weight = embedding.weight
+        return F.normalize(weight if which is None else weight[which], dim=-1)
+
+    # one compiled loss per path, each traced under its own native.ENABLED (Dynamo caches
+    # per code object, so each path gets its own copy of the function)
+    losses = {on: torch.compile(_copy(sampled_softmax_loss), dynamic=True) for on in (True, False)}
+
+    def loss_step(on: bool) -> Callable[[], None]:
+        def step() -> None:
+            user = queries.clone().requires_grad_()
+            loss = losses[on](user, ids[:, 0], ids[:, 1:], item_embeddings, 0.05)
+            loss.backward()
+            embedding.weight.grad = None
+        return step
+
+    backward = torch.ops.genrec.gather_dot_backward
+    rows = [
+        ("gather_dot forward", "Inductor-fused reference",
+         *alternate(lambda: gather_dot(queries, table, ids),
+                    lambda: reference(queries, table, ids), args.repeats)),
+        ("gather_dot backward", "sort + embedding_bag",
+         *alternate(lambda: backward(grad, queries, table, ids),
+                    lambda: backward(grad, queries, table, ids), args.repeats)),
+        ("sampled-softmax loss fwd+bwd (compiled)", "same loss, PyTorch paths",
+         *alternate(loss_step(True), loss_step(False), args.repeats)),
+        (f"negatives [{T}, {K}]", "torch.randint",
+         *alternate(lambda: rng.randint(1, R, (T, K)),
+                    lambda: rng.randint(1, R, (T, K)), args.repeats)),
+        (f"dropout words for [{T}, {d}]", "Tensor.random_",
+         *alternate(lambda: rng.random_words(T * d // 4),
+                    lambda: rng.random_words(T * d // 4), args.repeats)),
+    ]
+
+    print(f"T={T} K={K} R={R} d={d}, {args.threads} threads, medians of {args.repeats}")
+    print("| what | PyTorch path | native ms | PyTorch ms | speed-up |\n|---|---|---|---|---|")
+    for what, peer, fast, slow in rows:
+        print(f"| {what} | {peer} | {fast * 1e3:.2f} | {slow * 1e3:.2f} | {slow / fast:.1f}× |")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": platform.processor() or platform.machine(),
+            "torch": torch.__version__, "threads": args.threads,
+            "shape": {"positions": T, "negatives": K, "rows": R, "dim": d},
+            "rows": [{"what": w, "pytorch_path": p, "native_ms": f * 1e3,
+                      "pytorch_ms": s * 1e3, "speedup": s / f} for w, p, f, s in rows],
+        }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
