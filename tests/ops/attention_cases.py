@@ -49,6 +49,23 @@ class Case:
                     self.query_timestamps, self.num_candidates, self.causal)
 
 
+# sequence layouts for the CPU paths: boundaries, empty sequences, candidates, each bias alone
+CPU_CASES = {
+    "single_token": dict(lengths=[1]),
+    "odd_lengths_both_biases": dict(lengths=[3, 7, 5, 9]),
+    # 64 = BLOCK_ROWS and 65, 127, 128, 129 around the block and chunk boundaries
+    "block_and_chunk_boundaries": dict(lengths=[64, 65, 127, 128, 129, 2, 1], heads=1,
+                                       max_seq_len=140),
+    "skewed_with_empty_sequences": dict(lengths=[200, 3, 0, 1, 2, 150, 4, 0, 190, 6],
+                                        max_seq_len=211),
+    "candidates_causal": dict(lengths=[6, 90, 5, 70], candidates=[2, 10, 5, 0]),
+    "candidates_non_causal": dict(lengths=[5, 80, 6], candidates=[3, 7, 1], causal=False),
+    "non_causal_pos_only": dict(lengths=[9, 66, 2], causal=False, time=False),
+    "time_only_odd_dims": dict(lengths=[70, 13, 1], pos=False, dqk=5, dv=3),
+    "no_bias_wide_table": dict(lengths=[2, 71, 5], pos=False, time=False, max_seq_len=99),
+}
+
+
 def make_case(lengths: list[int], *, heads: int = 2, dqk: int = 8, dv: int = 8,
               max_seq_len: int | None = None, pos: bool = True, time: bool = True,
               candidates: list[int] | None = None, causal: bool = True, seed: int = 0,

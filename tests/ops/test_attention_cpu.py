@@ -1,4 +1,4 @@
-"""The fast CPU path (length-grouped, causal-tiled, fused) against the PyTorch reference.
+"""The CPU path's tiles (length-grouped, causal-tiled, fused) against the PyTorch reference.
 
 Output and every gradient (q, k, v, both tables): relative error below 1e-5 in fp32 and 1e-10
 in float64 against the float64 reference. Most tests run the tile functions eagerly (compiling
@@ -12,29 +12,15 @@ import math
 
 import pytest
 import torch
-from attention_cases import make_case, output_and_grads, relative_error
+from attention_cases import CPU_CASES, make_case, output_and_grads, relative_error
 
 import genrec.ops.attention as attention
 from genrec.ops import hstu_attention
-from genrec.ops.attention import cpu, hstu_attention_reference, time_buckets
+from genrec.ops.attention import cpu, hstu_attention_reference, native, time_buckets
 from genrec.ops.attention.reference import bucket_thresholds
 
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
 
-CPU_CASES = {
-    "single_token": dict(lengths=[1]),
-    "odd_lengths_both_biases": dict(lengths=[3, 7, 5, 9]),
-    # 64 = BLOCK_ROWS and 65, 127, 128, 129 around the block and chunk boundaries
-    "block_and_chunk_boundaries": dict(lengths=[64, 65, 127, 128, 129, 2, 1], heads=1,
-                                       max_seq_len=140),
-    "skewed_with_empty_sequences": dict(lengths=[200, 3, 0, 1, 2, 150, 4, 0, 190, 6],
-                                        max_seq_len=211),
-    "candidates_causal": dict(lengths=[6, 90, 5, 70], candidates=[2, 10, 5, 0]),
-    "candidates_non_causal": dict(lengths=[5, 80, 6], candidates=[3, 7, 1], causal=False),
-    "non_causal_pos_only": dict(lengths=[9, 66, 2], causal=False, time=False),
-    "time_only_odd_dims": dict(lengths=[70, 13, 1], pos=False, dqk=5, dv=3),
-    "no_bias_wide_table": dict(lengths=[2, 71, 5], pos=False, time=False, max_seq_len=99),
-}
 
 
 def reference(c):
@@ -43,6 +29,13 @@ def reference(c):
 
 def fast(c):
     return cpu.hstu_attention_cpu(c.q, c.k, c.v, c.seq_offsets, c.max_seq_len, **c.kwargs())
+
+
+@pytest.fixture(autouse=True)
+def tiles(monkeypatch):
+    """This file tests the tiles; float32 would otherwise take the C++ kernel
+    (test_attention_native.py)."""
+    monkeypatch.setattr(native, "ENABLED", False)
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 ENABLED = os.environ.get("GENREC_NATIVE", "1") != "0"
 SOURCES = Path(__file__).parent / "csrc"
-FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-ffp-contract=fast", "-shared", "-fPIC")
 OPENMP = ("-fopenmp",)
 BUILD_TIMEOUT_S = 120
 

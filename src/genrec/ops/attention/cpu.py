@@ -31,12 +31,12 @@ import logging
 import numbers
 import os
 import types
-import weakref
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from genrec.ops.attention import native as native_attention
 from genrec.ops.attention.cpu_plan import (  # noqa: F401  (Chunk: re-exported)
     Chunk,
     Plan,
@@ -45,6 +45,7 @@ from genrec.ops.attention.cpu_plan import (  # noqa: F401  (Chunk: re-exported)
     _padded,
     plan_chunks,
 )
+from genrec.ops.attention.memo import last_batch
 from genrec.ops.attention.reference import TIME_BUCKET_BASE, bucket_thresholds
 from genrec.ops.attention.validation import validate
 
@@ -213,30 +214,14 @@ _thresholds: dict[torch.device, torch.Tensor] = {}
 _last: list = [None]  # the last batch's (weak references, key, Prepared)
 
 
-def _version(t: torch.Tensor | None) -> int | None:
-    """In-place changes bump a tensor's version; inference tensors have none (and are
-    read-only outside inference mode)."""
-    return None if t is None or t.is_inference() else t._version
-
-
 def prepared_for(seq_offsets, num_candidates, timestamps, query_timestamps,
                  **flags) -> Prepared:
-    """``prepare``, remembered for the last batch: every layer of a model calls the op with
-    the same seq_offsets and timestamps tensors (and the backward again), so the plan and the
-    time buckets are computed once per batch instead of once per layer and pass."""
+    """``prepare``, remembered for the last batch (``memo.last_batch``): the plan and the time
+    buckets are computed once per batch instead of once per layer and pass."""
     tensors = (seq_offsets, num_candidates, timestamps, query_timestamps)
-    # the key: the tensors' versions, the flags and the module switches the tests flip
-    key = (tuple(_version(t) for t in tensors), flags, COMPILE, COMPILE_MIN_ELEMENTS)
-    last = _last[0]
-    if last is not None:
-        refs, old_key, value = last
-        same = all((r is None) if t is None else (r is not None and r() is t)
-                   for r, t in zip(refs, tensors, strict=True))
-        if same and old_key == key:
-            return value
-    value = prepare(*tensors, **flags)
-    _last[0] = (tuple(None if t is None else weakref.ref(t) for t in tensors), key, value)
-    return value
+    # the key: the flags and the module switches the tests flip
+    key = (tuple(sorted(flags.items())), COMPILE, COMPILE_MIN_ELEMENTS)
+    return last_batch(_last, tensors, key, lambda: prepare(*tensors, **flags))
 
 
 def new_output(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
@@ -435,6 +420,8 @@ def hstu_attention_cpu(
 ) -> torch.Tensor:
     """``hstu_attention_reference``, length-grouped, causal-tiled and fused; same arguments.
 
+    float32 inputs run the C++ kernel of ``native.py`` when it builds; others the tiles here.
+
     Returns [T, H, Dv]; differentiable in q, k, v, pos_weights and time_weights (once).
     A custom op (``torch.ops.genrec.hstu_attention_cpu``): torch.compile traces a model
     through it without a graph break, and inputs are validated when it runs.
@@ -444,6 +431,10 @@ def hstu_attention_cpu(
             or not isinstance(max_seq_len, numbers.Integral):
         validate(q, k, v, seq_offsets, max_seq_len, pos_weights, time_weights, timestamps,
                  query_timestamps, num_candidates)  # raises the error that names the argument
+    if native_attention.usable(q, k, v, pos_weights, time_weights):
+        return native_attention.hstu_attention_native(
+            q, k, v, seq_offsets, max_seq_len, alpha, pos_weights, time_weights, timestamps,
+            query_timestamps, num_candidates, causal)
     save = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (q, k, v, pos_weights, time_weights))
     out, *_ = torch.ops.genrec.hstu_attention_cpu(

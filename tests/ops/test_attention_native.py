@@ -1,0 +1,176 @@
+"""The C++ kernel of the CPU path (float32) against the float64 reference.
+
+Output and every gradient (q, k, v, both tables) within 1e-5 relative error on the layouts
+of attention_cases.CPU_CASES plus wide heads; buffers poisoned with NaN so an unwritten
+element shows; q, k, v read in place at a row stride; results independent of the thread
+count; time buckets equal to the float64 reference at every edge.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from attention_cases import CPU_CASES, make_case, output_and_grads, relative_error
+
+from genrec.ops import hstu_attention, native
+from genrec.ops.attention import cpu, hstu_attention_reference, time_buckets
+from genrec.ops.attention import native as native_attention
+from genrec.ops.attention.reference import bucket_thresholds
+
+CASES = {
+    **CPU_CASES,
+    # dims past one vector group (4 × 16 floats with AVX-512, 2 × 8 otherwise)
+    "wide_heads": dict(lengths=[33, 17, 64, 5], heads=1, dqk=50, dv=70, max_seq_len=64),
+    "many_short": dict(lengths=[1, 2, 3, 4, 5, 6, 7, 8] * 4, heads=3, dqk=4, dv=6),
+}
+
+@pytest.fixture(autouse=True)
+def built():
+    assert native.load("hstu_attention") is not None, "the C++ kernel did not build here"
+
+
+def reference(c):
+    return hstu_attention_reference(c.q, c.k, c.v, c.seq_offsets, c.max_seq_len, **c.kwargs())
+
+
+def fast(c):
+    return native_attention.hstu_attention_native(c.q, c.k, c.v, c.seq_offsets, c.max_seq_len,
+                                                  **c.kwargs())
+
+
+@pytest.fixture
+def poisoned_outputs(monkeypatch):
+    def new_output(shape, like):
+        return torch.full(shape, math.nan, dtype=like.dtype, device=like.device)
+
+    monkeypatch.setattr(native_attention, "new_output", new_output)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_native_matches_reference_forward_and_all_gradients(name, poisoned_outputs):
+    case = make_case(**CASES[name], seed=len(name))
+    got = output_and_grads(fast, case.cast(torch.float32))
+    want = output_and_grads(reference, case.cast(torch.float64))
+    assert len(got) == len(want) == 1 + len(case.differentiable())
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert g.dtype == torch.float32
+        assert torch.isfinite(g).all(), f"result {i} has NaN/inf: an element was never written"
+        assert relative_error(g, w) < 1e-5, f"result {i}"
+
+
+def test_native_reads_strided_views_in_place():
+    """The model's q, k, v are column slices of one projection [T, 4·H·D]: same results as
+    contiguous copies."""
+    case = make_case([40, 7, 66], heads=2, dqk=8, dv=8, seed=3)
+    tokens = case.q.shape[0]
+    fused = torch.cat([t.detach().reshape(tokens, -1) for t in (case.q, case.k, case.v)]
+                      + [torch.zeros(tokens, 5)], dim=1).requires_grad_()
+    q, k, v = (fused[:, i * 16:(i + 1) * 16].view(tokens, 2, 8) for i in range(3))
+    assert not q.is_contiguous()
+    strided = case.cast(torch.float32)
+    strided.q, strided.k, strided.v = q, k, v
+    out = fast(strided)
+    want = fast(case)
+    assert torch.equal(out, want)
+    (grad,) = torch.autograd.grad(out.sum(), [fused])
+    want_grads = torch.autograd.grad(want.sum(), [case.q, case.k, case.v])
+    for i, g in enumerate(want_grads):
+        assert torch.equal(grad[:, i * 16:(i + 1) * 16].view(tokens, 2, 8), g)
+
+
+def test_native_results_do_not_depend_on_the_thread_count():
+    case = make_case([200, 3, 150, 77, 1, 0, 64], seed=5, max_seq_len=211)
+    threads = torch.get_num_threads()
+    try:
+        runs = []
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            runs.append(output_and_grads(fast, case))
+    finally:
+        torch.set_num_threads(threads)
+    for run in runs[1:]:
+        for a, b in zip(runs[0], run, strict=True):
+            assert torch.equal(a, b)
+
+
+def test_native_without_gradients_and_with_tables_frozen():
+    case = make_case([5, 70, 12], seed=4)
+    with torch.no_grad():
+        assert relative_error(fast(case), reference(case)) < 1e-5
+    case.pos_weights.requires_grad_(False)
+    case.time_weights.requires_grad_(False)
+    out = fast(case)
+    got = torch.autograd.grad(out.sum(), [case.q, case.k, case.v])
+    want = torch.autograd.grad(reference(case).sum(), [case.q, case.k, case.v])
+    for g, w in zip(got, want, strict=True):
+        assert relative_error(g, w) < 1e-5
+
+
+def test_native_of_an_empty_batch():
+    case = make_case([0, 0])
+    out = fast(case)
+    assert out.shape == (0, 2, 8)
+    out.sum().backward()
+    assert case.q.grad.shape == (0, 2, 8) and case.pos_weights.grad.abs().sum() == 0
+
+
+def test_time_buckets_equal_the_float64_reference_at_every_edge():
+    """Every edge ±1, ±2 and log-uniform gaps of both signs, one single-token sequence per
+    gap (the kernel's bucket of its one pair)."""
+    edges = bucket_thresholds(native_attention.THRESHOLD_COUNT)
+    edges = edges[edges < 2**53 - 2]
+    g = torch.Generator().manual_seed(11)
+    drawn = torch.exp(torch.rand(50_000, generator=g, dtype=torch.float64) * 52 * 0.6931)
+    drawn = drawn.long() * (torch.randint(0, 2, (50_000,), generator=g) * 2 - 1)
+    gaps = torch.cat([edges - 2, edges - 1, edges, edges + 1, edges + 2, -edges, drawn,
+                      torch.tensor([0, 1, -1, 2**40, -(2**52)])])
+    offsets = torch.arange(gaps.numel() + 1)
+    timestamps = torch.full_like(gaps, 7)
+    for num_buckets in (129, 3, 160):
+        layout = native_attention._layout(offsets, None, timestamps, timestamps + gaps,
+                                          causal=True, num_buckets=num_buckets)
+        assert torch.equal(layout.buckets.long(), time_buckets(gaps, num_buckets))
+
+
+def test_native_runs_for_float32_on_cpu_and_tiles_otherwise(monkeypatch):
+    calls = []
+    real = native_attention.hstu_attention_native
+
+    def spy(*args, **kwargs):
+        calls.append(args[0].dtype)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(native_attention, "hstu_attention_native", spy)
+    case = make_case([9, 4], seed=2)
+    for dtype in (torch.float32, torch.float64):
+        c = case.cast(dtype)
+        hstu_attention(c.q, c.k, c.v, c.seq_offsets, c.max_seq_len, **c.kwargs())
+    monkeypatch.setattr(native_attention, "ENABLED", False)
+    want = cpu.hstu_attention_cpu(case.q, case.k, case.v, case.seq_offsets, case.max_seq_len,
+                                  **case.kwargs())
+    assert calls == [torch.float32]  # float64, and float32 when disabled: the tiles
+    assert relative_error(want, fast(case)) < 1e-5
+
+
+def test_layers_of_one_batch_share_one_layout(monkeypatch):
+    """The time buckets are computed once per batch: every layer and the backward reuse
+    them; a modified batch gets new ones."""
+    calls = []
+    real = native_attention._layout
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(native_attention, "_layout", counted)
+    monkeypatch.setattr(native_attention, "_slot", [None])
+    case = make_case([30, 12], seed=8)
+    for _ in range(3):  # three layers
+        out = fast(case)
+    out.sum().backward()
+    assert len(calls) == 1
+    case.timestamps.add_(5)  # in place: a new batch's times
+    fast(case)
+    assert len(calls) == 2
