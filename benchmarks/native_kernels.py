@@ -8,7 +8,11 @@ ratio holds even on a machine whose speed drifts:
 - gather_dot backward: native, against the sort + embedding-bag path;
 - the per-position sampled-softmax loss, forward + backward, compiled, both paths;
 - uniform negatives [T, K]: ``genrec.ops.rng.randint`` against ``torch.randint``;
-- dropout words for a [T, d] mask: ``genrec.ops.rng.random_words`` against ``random_``.
+- dropout words for a [T, d] mask: ``genrec.ops.rng.random_words`` against ``random_``;
+- HSTU attention (both rab tables, causal), forward and forward + backward, at HSTU's
+  1 head × 50 and HSTU-large's 2 heads × 25: the C++ kernel against the length-grouped,
+  compiled tiles of ``ops/attention/cpu.py``. 128 sequences of lengths uniform in [20, 200]
+  (≈ an ML-1M batch), q, k, v column slices of one [T, 4·H·D] projection as in the model.
 
     python benchmarks/native_kernels.py --threads 2 --json benchmarks/results/native_kernels.json
 """
@@ -28,7 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from genrec.ops import native, rng
+from genrec.ops import hstu_attention, native, rng
 from genrec.ops.gather import gather_dot, gather_dot_reference
 from genrec.train.losses import sampled_softmax_loss
 
@@ -116,6 +120,8 @@ def main() -> None:
                     lambda: rng.random_words(T * d // 4), args.repeats)),
     ]
 
+    rows += attention_rows(args.repeats)
+
     print(f"T={T} K={K} R={R} d={d}, {args.threads} threads, medians of {args.repeats}")
     print("| what | PyTorch path | native ms | PyTorch ms | speed-up |\n|---|---|---|---|---|")
     for what, peer, fast, slow in rows:
@@ -130,6 +136,45 @@ def main() -> None:
             "rows": [{"what": w, "pytorch_path": p, "native_ms": f * 1e3,
                       "pytorch_ms": s * 1e3, "speedup": s / f} for w, p, f, s in rows],
         }, indent=2))
+
+
+def attention_rows(repeats: int) -> list[tuple[str, str, float, float]]:
+    """HSTU attention, native against the tiles, at the two paper configs' head shapes."""
+    g = torch.Generator().manual_seed(1)
+    lengths = torch.randint(20, 201, (128,), generator=g)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+    timestamps = torch.cumsum(torch.randint(0, 90_000, (int(offsets[-1]),), generator=g), 0)
+    return [row for heads, dim in ((1, 50), (2, 25))
+            for row in _attention_pair(heads, dim, offsets, timestamps, g, repeats)]
+
+
+def _attention_pair(heads, dim, offsets, timestamps, g, repeats):
+    tokens, normaliser = int(offsets[-1]), 211
+    projection = torch.randn(tokens, 4 * heads * dim, generator=g).requires_grad_()
+    q, k, v = (projection[:, i * heads * dim:(i + 1) * heads * dim].view(tokens, heads, dim)
+               for i in range(3))
+    pos = (0.02 * torch.randn(2 * normaliser - 1, generator=g)).requires_grad_()
+    time_table = (0.02 * torch.randn(129, generator=g)).requires_grad_()
+    upstream = torch.randn(tokens, heads, dim, generator=g)
+
+    def forward():
+        return hstu_attention(q, k, v, offsets, normaliser, alpha=1.0, pos_weights=pos,
+                              time_weights=time_table, timestamps=timestamps,
+                              query_timestamps=timestamps)
+
+    def inference():
+        with torch.no_grad():
+            forward()
+
+    def training():
+        forward().backward(upstream)
+        projection.grad = pos.grad = time_table.grad = None
+
+    shape = f"{heads} × {dim}, T = {tokens}"
+    return [(f"HSTU attention forward ({shape})", "length-grouped compiled tiles",
+             *alternate(inference, inference, repeats)),
+            (f"HSTU attention fwd+bwd ({shape})", "length-grouped compiled tiles",
+             *alternate(training, training, repeats))]
 
 
 if __name__ == "__main__":

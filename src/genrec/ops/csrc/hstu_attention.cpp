@@ -272,14 +272,16 @@ void copy_transposed(const float* src, int64_t stride, int64_t n, int64_t d, flo
 
 extern "C" {
 
-// Time bucket of every allowed pair: bucket(qts_i - ts_j) of reference.time_buckets, as the
-// largest k < num_thresholds with thresholds[k] <= max(|gap|, 1), clamped to num_buckets - 1.
+// Time bucket of every allowed pair: bucket(qts_i - ts_j) of reference.time_buckets, i.e. the
+// largest k < num_thresholds with thresholds[k] <= g = max(|gap|, 1), clamped to
+// num_buckets - 1. The float's exponent and mantissa give log2(g) from below, within 0.0861
+// (log2(1 + f) - f <= 0.0861 on [0, 1]), so guess = floor((estimate - 1e-4) * ln 2 / 0.301)
+// is the exact bucket or one below it (0.0862 * 2.303 < 1); one integer compare decides.
 void genrec_hstu_time_buckets(const int64_t* ts, const int64_t* qts, const int64_t* offsets,
                               int64_t batch, const int64_t* square_offsets,
                               const int64_t* thresholds, int64_t num_thresholds,
                               int64_t num_buckets, int causal, uint8_t* out, int threads) {
-  int64_t top_step = 1;
-  while (top_step * 2 < num_thresholds) top_step *= 2;
+  const double per_octave = 0.6931471805599453 / 0.301;
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
 #endif
@@ -292,9 +294,14 @@ void genrec_hstu_time_buckets(const int64_t* ts, const int64_t* qts, const int64
         int64_t gap = q - ts[o + j];
         gap = gap < 0 ? -gap : gap;
         gap = gap < 1 ? 1 : gap;
-        int64_t k = 0;
-        for (int64_t step = top_step; step > 0; step >>= 1)
-          if (k + step < num_thresholds && thresholds[k + step] <= gap) k += step;
+        const float g = static_cast<float>(gap);
+        uint32_t bits;
+        std::memcpy(&bits, &g, sizeof bits);
+        const double log2_low = static_cast<double>(static_cast<int32_t>(bits >> 23) - 127) +
+                                static_cast<double>(bits & 0x7fffffu) * (1.0 / 8388608.0);
+        int64_t k = static_cast<int64_t>((log2_low - 1e-4) * per_octave);  // truncates: >= -1
+        k = std::min<int64_t>(std::max<int64_t>(k, 0), num_thresholds - 2);
+        k += thresholds[k + 1] <= gap;
         row[j] = static_cast<uint8_t>(std::min(k, num_buckets - 1));
       }
     }
