@@ -3,12 +3,13 @@
 One batch of B = 128 ML-1M users (lengths min(n − 2, 200) and timestamps of real users, drawn
 at random), normaliser N = 211 (200 + attn_norm_extra), both rab terms (position table
 2N − 1, 129 time buckets), fp32, alpha = 1, for the paper's HSTU head shape (H = 1, D = 50)
-and HSTU-large's (H = 2, D = 25). Four variants:
+and HSTU-large's (H = 2, D = 25). Five variants:
 
     reference           hstu_attention_reference, eager (backend="torch")
     reference+compile   torch.compile(hstu_attention_reference, dynamic=True)
-    cpu                 hstu_attention_cpu with its tile functions eager (GENREC_CPU_COMPILE=0)
-    cpu+compile         hstu_attention_cpu as dispatched by default on CPU
+    cpu                 the CPU path's tiles, eager (GENREC_CPU_COMPILE=0, no native kernel)
+    cpu+compile         the CPU path's tiles, compiled (GENREC_NATIVE_ATTENTION=0)
+    native              hstu_attention_cpu as dispatched by default on CPU: the C++ kernel
 
 Times are medians over --repeats rounds; the variants alternate within a round, so load from
 other jobs on a shared machine hits them alike, and the ratios come from the same run. The
@@ -33,7 +34,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SHAPES = [(1, 50), (2, 25)]  # (heads, head dim): HSTU, HSTU-large
-VARIANTS = ["reference", "reference+compile", "cpu", "cpu+compile"]
+VARIANTS = ["reference", "reference+compile", "cpu", "cpu+compile", "native"]
 
 
 def ml1m_batch(data_dir: str, batch: int, seed: int) -> dict:
@@ -83,16 +84,16 @@ def inputs(batch: dict, heads: int, dim: int, seed: int) -> dict:
 def variant_fn(name: str):
     import torch
 
-    from genrec.ops.attention import cpu, hstu_attention_reference
+    from genrec.ops.attention import cpu, hstu_attention_reference, native
 
     if name == "reference":
         return hstu_attention_reference
     if name == "reference+compile":
         return torch.compile(hstu_attention_reference, dynamic=True)
-    compiled = name == "cpu+compile"
+    compiled, kernel = name != "cpu", name == "native"
 
     def run(*args, **kwargs):
-        cpu.COMPILE = compiled
+        cpu.COMPILE, native.ENABLED = compiled, kernel
         return cpu.hstu_attention_cpu(*args, **kwargs)
 
     return run
