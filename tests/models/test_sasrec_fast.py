@@ -1,4 +1,5 @@
-"""SASRec's jagged, length-chunked fast path computes what SASRec on the padded batch does.
+"""SASRec's jagged fast paths (C++ kernel, length-chunked tiles) compute what SASRec on the
+padded batch does.
 
 The reference below is SASRec as it was first written: the batch padded to [B, L, d] once,
 every block on the padded tensor, F.scaled_dot_product_attention with a causal (or M-FALCON)
@@ -17,10 +18,18 @@ from genrec.data.batching import JaggedBatch
 from genrec.models import build_model
 from genrec.models.embeddings import l2_normalise
 from genrec.models.sasrec import SASRec
+from genrec.ops.attention import native as native_attention
 from genrec.ops.jagged import padded_index
 from genrec.ops.softmax_attention import attention_plan, causal_softmax_attention
 
 LENGTHS = [1, 8, 5, 2, 7, 8, 3, 1, 6]  # lengths 1, odd ones, the longest (8) twice
+
+
+@pytest.fixture(autouse=True, params=["native", "tiles"])
+def attention_path(request, monkeypatch):
+    """Every test on both float32 paths: the C++ kernel and the length-grouped tiles."""
+    monkeypatch.setattr(native_attention, "ENABLED", request.param == "native")
+    return request.param
 
 
 def sasrec(heads: int = 2, dropout: float = 0.2, max_seq_len: int = 8) -> SASRec:

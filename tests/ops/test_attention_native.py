@@ -28,7 +28,7 @@ CASES = {
 
 @pytest.fixture(autouse=True)
 def built():
-    assert native.load("hstu_attention") is not None, "the C++ kernel did not build here"
+    assert native.load("attention") is not None, "the C++ kernel did not build here"
 
 
 def reference(c):

@@ -27,7 +27,7 @@ def random_words(n: int, *, device: torch.device | str = "cpu",
         return torch.empty(n, dtype=torch.int64, device=device).random_(
             -(2**63), None, generator=generator)
     out = torch.empty(n, dtype=torch.int64)
-    lib.genrec_random_words(_seed(generator), out.data_ptr(), n, torch.get_num_threads())
+    lib.genrec_random_words(seed64(generator), out.data_ptr(), n, torch.get_num_threads())
     return out
 
 
@@ -42,12 +42,12 @@ def randint(low: int, high: int, shape: tuple[int, ...], *, device: torch.device
     if lib is None or high - low > 2**32:
         return torch.randint(low, high, shape, device=device, generator=generator)
     out = torch.empty(shape, dtype=torch.int64)
-    lib.genrec_uniform_ints(_seed(generator), low, high - low, out.data_ptr(), out.numel(),
+    lib.genrec_uniform_ints(seed64(generator), low, high - low, out.data_ptr(), out.numel(),
                             torch.get_num_threads())
     return out
 
 
-def _seed(generator: torch.Generator | None) -> int:
+def seed64(generator: torch.Generator | None = None) -> int:
     """64 random bits from PyTorch's generator, as an unsigned integer."""
     word = torch.empty((), dtype=torch.int64).random_(-(2**63), None, generator=generator)
     return int(word) % 2**64

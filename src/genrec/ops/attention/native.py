@@ -1,4 +1,4 @@
-"""Fused HSTU attention for fp32 on CPU, in C++ (``genrec/ops/csrc/hstu_attention.cpp``).
+"""Fused HSTU attention for fp32 on CPU, in C++ (``genrec/ops/csrc/attention.cpp``).
 
 The same function as ``hstu_attention_reference`` and the length-grouped CPU path
 (``cpu.py``), which it replaces for float32 CPU tensors when ``genrec.ops.native`` can build
@@ -43,11 +43,18 @@ _SIGNATURES = {
     "genrec_hstu_backward_f32": [_VP, _I64, _VP, _I64, _VP, _I64, _VP, _I64, _VP, _VP, _I64,
                                  _I64, _I64, _I64, _I64, _F32, _INT, _VP, _I64, _I64, _VP, _VP,
                                  _VP, _VP, _VP, _VP, _VP, _VP, _INT],
+    "genrec_softmax_forward_f32": [_VP, _I64, _VP, _I64, _VP, _I64, _VP, _I64, _I64, _I64, _I64,
+                                   _F32, _INT, _VP, ctypes.c_double, ctypes.c_uint64, _VP, _VP,
+                                   _VP, _INT],
+    "genrec_softmax_backward_f32": [_VP, _I64, _VP, _I64, _VP, _I64, _VP, _I64, _VP, _VP, _I64,
+                                    _I64, _I64, _I64, _F32, _INT, _VP, ctypes.c_double,
+                                    ctypes.c_uint64, _VP, _VP, _VP, _VP, _INT],
 }
 
 
-def _library() -> ctypes.CDLL | None:
-    lib = native.load("hstu_attention")
+def library() -> ctypes.CDLL | None:
+    """The built ``csrc/attention.cpp`` with its functions typed, or None."""
+    lib = native.load("attention")
     if lib is not None and lib.genrec_hstu_forward_f32.argtypes is None:
         for name, argtypes in _SIGNATURES.items():
             fn = getattr(lib, name)
@@ -57,7 +64,7 @@ def _library() -> ctypes.CDLL | None:
 
 @torch.compiler.assume_constant_result  # decided once when torch.compile traces
 def _built() -> bool:
-    return _library() is not None
+    return library() is not None
 
 
 def usable(q, k, v, pos_weights, time_weights) -> bool:
@@ -90,7 +97,7 @@ def _layout(seq_offsets, num_candidates, timestamps, query_timestamps, *, causal
         buckets = torch.empty(int(squares[-1]), dtype=torch.uint8)
         edges = _thresholds()
         ts, qts = timestamps.long().contiguous(), query_timestamps.long().contiguous()
-        _library().genrec_hstu_time_buckets(
+        library().genrec_hstu_time_buckets(
             ts.data_ptr(), qts.data_ptr(), offsets.data_ptr(), lengths.numel(),
             squares.data_ptr(), edges.data_ptr(), edges.numel(), num_buckets, int(causal),
             buckets.data_ptr(), torch.get_num_threads())
@@ -120,7 +127,7 @@ def layout_for(seq_offsets, num_candidates, timestamps, query_timestamps, *, cau
                                       query_timestamps, causal=causal, num_buckets=num_buckets))
 
 
-def _rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+def row_strided(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """x [T, H, D] with each row's [H, D] contiguous, and its row stride."""
     heads, dim = x.shape[1], x.shape[2]
     if x.stride(2) != 1 or (heads > 1 and x.stride(1) != dim) or x.stride(0) < heads * dim:
@@ -133,7 +140,7 @@ def new_output(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
     return torch.empty(shape, dtype=like.dtype, device=like.device)
 
 
-def _ptr(t: torch.Tensor | None) -> int | None:
+def pointer(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
@@ -169,14 +176,15 @@ def _forward_op(q, k, v, seq_offsets, pos_weights, time_weights, timestamps, que
     logits = q.new_empty(heads * int(layout.square_offsets[-1]) if save else 0)
     if tokens == 0:
         return out, logits
-    (q, qs), (k, ks), (v, vs) = _rows(q), _rows(k), _rows(v)
+    (q, qs), (k, ks), (v, vs) = (row_strided(x) for x in (q, k, v))
     pos = None if pos_weights is None else pos_weights.contiguous()
     time = None if time_weights is None else time_weights.contiguous()
-    _library().genrec_hstu_forward_f32(
+    library().genrec_hstu_forward_f32(
         q.data_ptr(), qs, k.data_ptr(), ks, v.data_ptr(), vs, layout.offsets.data_ptr(),
         layout.offsets.numel() - 1, heads, dqk, dv, max_seq_len, alpha, int(causal),
-        _ptr(layout.first_candidate), _ptr(pos), 0 if pos is None else pos.numel(), _ptr(time),
-        0 if time is None else time.numel(), _ptr(layout.buckets),
+        pointer(layout.first_candidate), pointer(pos), 0 if pos is None else pos.numel(),
+        pointer(time),
+        0 if time is None else time.numel(), pointer(layout.buckets),
         layout.square_offsets.data_ptr(), out.data_ptr(), logits.data_ptr() if save else None,
         torch.get_num_threads())
     return out, logits
@@ -206,14 +214,14 @@ def _backward_op(grad_out, q, k, v, logits, seq_offsets, pos_weights, time_weigh
     d_time = q.new_zeros(num_buckets if time_grad else 0)
     if tokens == 0:
         return dq, dk, dvv, d_pos, d_time
-    (g, gs), (q, qs), (k, ks), (v, vs) = _rows(grad_out), _rows(q), _rows(k), _rows(v)
+    (g, gs), (q, qs), (k, ks), (v, vs) = (row_strided(x) for x in (grad_out, q, k, v))
     part = (pos_size if pos_grad else 0) + (4 * num_buckets if time_grad else 0)
     partial = q.new_empty(max(1, (layout.offsets.numel() - 1) * heads * part))
-    _library().genrec_hstu_backward_f32(
+    library().genrec_hstu_backward_f32(
         g.data_ptr(), gs, q.data_ptr(), qs, k.data_ptr(), ks, v.data_ptr(), vs,
         logits.data_ptr(), layout.offsets.data_ptr(), layout.offsets.numel() - 1, heads, dqk,
-        dv, max_seq_len, alpha, int(causal), _ptr(layout.first_candidate), pos_size,
-        num_buckets, _ptr(layout.buckets), layout.square_offsets.data_ptr(), dq.data_ptr(),
+        dv, max_seq_len, alpha, int(causal), pointer(layout.first_candidate), pos_size,
+        num_buckets, pointer(layout.buckets), layout.square_offsets.data_ptr(), dq.data_ptr(),
         dk.data_ptr(), dvv.data_ptr(), d_pos.data_ptr() if pos_grad else None,
         d_time.data_ptr() if time_grad else None, partial.data_ptr(), torch.get_num_threads())
     return dq, dk, dvv, d_pos, d_time

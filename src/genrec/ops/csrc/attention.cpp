@@ -1,0 +1,669 @@
+// Attention over jagged sequences on CPU, fp32, fused: HSTU's (genrec.ops.attention.native)
+// and SASRec's causal softmax (genrec.ops.softmax_attention), forward and backward.
+//
+// Per sequence b (n tokens from row o) and head h, with allowed(i, j) the causal and
+// candidate rule of genrec.ops.attention.reference:
+//
+//   HSTU     s_ij = alpha * q_i . k_j + pos[j - i + N - 1] + time[bucket_ij]   (the logits)
+//            out_i = sum_j allowed(i, j) * SiLU(s_ij) / N * v_j
+//   softmax  p_i = softmax over allowed j of alpha * q_i . k_j;  out_i = sum_j p~_ij v_j,
+//            p~ = p * keep / (1 - dropout), keep drawn per pair from a counter-based hash
+//
+// One task is one (sequence, head). A task walks its query rows in blocks of MR rows and keeps
+// everything else in O(n * d) scratch: per block, S = Q K^T is one register-blocked product,
+// the row policy (HSTU: bias, mask, SiLU; softmax: mask, softmax, dropout) turns it into the
+// weights in place, and P V is a second product. Nothing n x n is written except, for
+// training, one float per allowed pair for the backward (HSTU: the logits; softmax: p). The
+// backward walks the same blocks: dP = dO V^T, the policy makes dS and the weights, then
+// dQ = alpha dS K for the block's rows, and dK += alpha dS^T Q, dV += P^T dO as rank-MR
+// updates of the task's key rows: no transpose and no n x n scratch either.
+//
+// HSTU's bias-table gradients are summed per task into [tasks, table] partials, then over
+// tasks in task order: results do not depend on the thread count or on which thread ran which
+// task. Its time buckets (one byte per allowed pair; every bucket is <= 145) are computed once
+// per batch by exact integer comparison with the edges of reference.bucket_thresholds. The
+// softmax's dropout keeps pair (task, i, j) when SplitMix64(seed + its index) >= p * 2^64, so
+// the backward draws the same mask again and no mask is stored.
+//
+// Products use GCC/Clang vector extensions: 16 lanes where the compiler targets AVX-512,
+// 8 elsewhere. Built and loaded by genrec.ops.native (plain C ABI, no torch headers).
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <numeric>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace {
+
+#if defined(__AVX512F__)
+constexpr int VL = 16;     // floats per vector
+constexpr int NVMAX = 4;   // vectors of one output row a product keeps in registers
+#else
+constexpr int VL = 8;
+constexpr int NVMAX = 2;
+#endif
+constexpr int MR = 4;      // query rows per block
+
+typedef float vf __attribute__((vector_size(VL * 4)));
+typedef float vfu __attribute__((vector_size(VL * 4), aligned(4)));
+
+inline vf load(const float* p) { return *reinterpret_cast<const vfu*>(p); }
+inline void store(float* p, vf x) { *reinterpret_cast<vfu*>(p) = x; }
+inline vf splat(float s) { return vf{} + s; }
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// exp(x) for x in float range: 2^n * e^r with |r| <= ln2 / 2 and a degree-6 polynomial
+// (relative error ~2e-7); written so that compilers vectorise the loops that call it.
+inline float exp_approx(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float shift = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  float n = (x * 1.44269504088896341f + shift) - shift;
+  float r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float p = 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+inline float sigmoid(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
+
+// C[r][c] = sum_k A[r][k] * Bt[k][c] for r < MR, c < ncols (a multiple of VL).
+void product_nt(const float* A, int64_t lda, const float* Bt, int64_t ldb, int64_t K,
+                int64_t ncols, float* C, int64_t ldc) {
+  int64_t c = 0;
+  for (; c + 2 * VL <= ncols; c += 2 * VL) {
+    vf acc0[MR] = {}, acc1[MR] = {};
+    for (int64_t k = 0; k < K; ++k) {
+      vf b0 = load(Bt + k * ldb + c), b1 = load(Bt + k * ldb + c + VL);
+      for (int r = 0; r < MR; ++r) {
+        vf a = splat(A[r * lda + k]);
+        acc0[r] += a * b0;
+        acc1[r] += a * b1;
+      }
+    }
+    for (int r = 0; r < MR; ++r) {
+      store(C + r * ldc + c, acc0[r]);
+      store(C + r * ldc + c + VL, acc1[r]);
+    }
+  }
+  if (c < ncols) {
+    vf acc[MR] = {};
+    for (int64_t k = 0; k < K; ++k) {
+      vf b = load(Bt + k * ldb + c);
+      for (int r = 0; r < MR; ++r) acc[r] += splat(A[r * lda + k]) * b;
+    }
+    for (int r = 0; r < MR; ++r) store(C + r * ldc + c, acc[r]);
+  }
+}
+
+// out[r][v] = scale * sum_{k < K} P[r][k] * B[k][v], NV vectors of each output row.
+template <int NV>
+void product_nn_part(const float* P, int64_t ldp, int64_t K, const float* B, int64_t ldb,
+                     float* out, int64_t ldo, float scale) {
+  vf acc[MR][NV] = {};
+  for (int64_t k = 0; k < K; ++k) {
+    vf b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = load(B + k * ldb + v * VL);
+    for (int r = 0; r < MR; ++r) {
+      vf a = splat(P[r * ldp + k]);
+      for (int v = 0; v < NV; ++v) acc[r][v] += a * b[v];
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) store(out + r * ldo + v * VL, acc[r][v] * scale);
+}
+
+void product_nn(const float* P, int64_t ldp, int64_t K, const float* B, int64_t ldb,
+                int64_t width, float* out, int64_t ldo, float scale) {
+  for (int64_t c = 0; c < width; c += NVMAX * VL) {
+    switch (std::min<int64_t>(NVMAX, (width - c) / VL)) {
+      case 1: product_nn_part<1>(P, ldp, K, B + c, ldb, out + c, ldo, scale); break;
+      case 2: product_nn_part<2>(P, ldp, K, B + c, ldb, out + c, ldo, scale); break;
+#if defined(__AVX512F__)
+      case 3: product_nn_part<3>(P, ldp, K, B + c, ldb, out + c, ldo, scale); break;
+      case 4: product_nn_part<4>(P, ldp, K, B + c, ldb, out + c, ldo, scale); break;
+#endif
+      default: break;
+    }
+  }
+}
+
+// D[j][v] += sum_r W[r][j] * X[r][v] for j < J: a rank-MR update of D's first J rows.
+template <int NV>
+void update_tn_part(const float* W, int64_t ldw, int64_t J, const float* X, int64_t ldx,
+                    float* D, int64_t ldd) {
+  vf x[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) x[r][v] = load(X + r * ldx + v * VL);
+  for (int64_t j = 0; j < J; ++j) {
+    vf d[NV];
+    for (int v = 0; v < NV; ++v) d[v] = load(D + j * ldd + v * VL);
+    for (int r = 0; r < MR; ++r) {
+      vf a = splat(W[r * ldw + j]);
+      for (int v = 0; v < NV; ++v) d[v] += a * x[r][v];
+    }
+    for (int v = 0; v < NV; ++v) store(D + j * ldd + v * VL, d[v]);
+  }
+}
+
+void update_tn(const float* W, int64_t ldw, int64_t J, const float* X, int64_t ldx,
+               int64_t width, float* D, int64_t ldd) {
+  for (int64_t c = 0; c < width; c += NVMAX * VL) {
+    switch (std::min<int64_t>(NVMAX, (width - c) / VL)) {
+      case 1: update_tn_part<1>(W, ldw, J, X + c, ldx, D + c, ldd); break;
+      case 2: update_tn_part<2>(W, ldw, J, X + c, ldx, D + c, ldd); break;
+#if defined(__AVX512F__)
+      case 3: update_tn_part<3>(W, ldw, J, X + c, ldx, D + c, ldd); break;
+      case 4: update_tn_part<4>(W, ldw, J, X + c, ldx, D + c, ldd); break;
+#endif
+      default: break;
+    }
+  }
+}
+
+// The layout every entry point shares.
+struct Problem {
+  const int64_t* offsets;  // [B + 1]
+  int64_t batch, heads, dqk, dv;
+  float alpha;
+  int causal;
+  const int64_t* first_candidate;  // [B] n_b - c_b, or null
+  const int64_t* square_offsets;   // [B + 1] sum of n_b^2 before sequence b
+  int threads;
+
+  int64_t length(int64_t b) const { return offsets[b + 1] - offsets[b]; }
+  // allowed keys of row i are j < key_end(i) minus, for candidate rows, other candidates
+  int64_t key_end(int64_t i, int64_t n) const { return causal ? i + 1 : n; }
+  // where task (b, h)'s per-pair values (saved weights, time buckets of head 0) start
+  int64_t pairs(int64_t b, int64_t h) const { return heads * square_offsets[b] + h * length(b) * length(b); }
+};
+
+// Tasks (b, h), longest sequences first, for dynamic scheduling.
+std::vector<int64_t> task_order(const Problem& p) {
+  std::vector<int64_t> order(p.batch * p.heads);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    return p.length(a / p.heads) > p.length(b / p.heads);
+  });
+  return order;
+}
+
+// The first column a candidate row i must skip (a candidate sees only non-candidates and
+// itself), or end when the row has none.
+inline int64_t candidate_start(const Problem& p, int64_t b, int64_t i, int64_t end) {
+  if (p.first_candidate == nullptr) return end;
+  const int64_t first = p.first_candidate[b];
+  return i >= first ? std::min(first, end) : end;
+}
+
+template <typename T>
+T* scratch(std::vector<T>& buffer, int64_t size) {
+  if (static_cast<int64_t>(buffer.size()) < size) buffer.assign(size, T(0));
+  return buffer.data();
+}
+
+// Copy rows [0, n) of a [T, H, d] slice (row stride `stride`) into dst [rows, ld], zero-padded.
+void copy_rows(const float* src, int64_t stride, int64_t n, int64_t d, float* dst, int64_t ld,
+               int64_t rows) {
+  for (int64_t i = 0; i < rows; ++i) {
+    float* out = dst + i * ld;
+    if (i < n) {
+      std::memcpy(out, src + i * stride, d * sizeof(float));
+      std::fill(out + d, out + ld, 0.0f);
+    } else {
+      std::fill(out, out + ld, 0.0f);
+    }
+  }
+}
+
+// dst [d, ld] = the slice's rows [0, n) transposed, zero-padded to ld columns. The rows are
+// first copied whole into `rows` [n, d] (sequential reads of memory the cache may not hold),
+// then transposed from there.
+void copy_transposed(const float* src, int64_t stride, int64_t n, int64_t d, float* dst,
+                     int64_t ld, float* rows) {
+  for (int64_t i = 0; i < n; ++i) std::memcpy(rows + i * d, src + i * stride, d * sizeof(float));
+  std::fill(dst, dst + d * ld, 0.0f);
+  for (int64_t i0 = 0; i0 < n; i0 += 16) {
+    const int64_t i1 = std::min(n, i0 + 16);
+    for (int64_t c = 0; c < d; ++c)
+      for (int64_t i = i0; i < i1; ++i) dst[c * ld + i] = rows[i * d + c];
+  }
+}
+
+// -- the two functions, as row policies ----------------------------------------------------------
+//
+// forward_row(b, i, n, end, cand, pair, row, saved): row [end) holds q_i . k_j on entry and the
+//   weights on exit (zero where not allowed); saved (or null) receives the row's saved values.
+// backward_row(b, i, n, end, cand, pair, saved, prow, drow, partial): prow holds dP on entry and
+//   the weights on exit, drow receives dS (both zero where not allowed).
+// `pair` is the index of (i, j = 0) among the task's pairs (for per-pair draws).
+
+struct Hstu {
+  float alpha, inv_n;
+  int64_t max_seq_len;
+  const float* pos;  // [pos_size] or null
+  int64_t pos_size;
+  const float* time;  // [num_buckets] or null
+  int64_t num_buckets;
+  const uint8_t* buckets;  // per allowed pair, at square_offsets
+  const int64_t* square_offsets;
+  int64_t pos_part, time_part;  // gradient partial sizes (0: not asked for)
+
+  int64_t partial_size() const { return pos_part + time_part; }
+
+  // logits of row i for keys j < end, in place (s holds alpha-less Q K^T on entry)
+  void logits(int64_t b, int64_t i, int64_t n, int64_t end, float* __restrict s) const {
+    if (pos != nullptr) {
+      const int64_t base = max_seq_len - 1 - i;  // index of j = 0
+      if (base >= 0 && base + end - 1 < pos_size) {
+        const float* __restrict table = pos + base;
+#pragma omp simd
+        for (int64_t j = 0; j < end; ++j) s[j] = alpha * s[j] + table[j];
+      } else {
+        for (int64_t j = 0; j < end; ++j)
+          s[j] = alpha * s[j] + pos[std::min(std::max<int64_t>(base + j, 0), pos_size - 1)];
+      }
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < end; ++j) s[j] *= alpha;
+    }
+    if (time != nullptr) {
+      const uint8_t* __restrict bk = buckets + square_offsets[b] + i * n;
+      const float* __restrict table = time;
+#pragma omp simd
+      for (int64_t j = 0; j < end; ++j) s[j] += table[bk[j]];
+    }
+  }
+
+  void forward_row(int64_t b, int64_t i, int64_t n, int64_t end, int64_t cand, int64_t,
+                   float* __restrict row, float* __restrict saved) const {
+    logits(b, i, n, end, row);
+    if (saved != nullptr) std::memcpy(saved, row, end * sizeof(float));
+#pragma omp simd
+    for (int64_t j = 0; j < end; ++j) row[j] = row[j] * sigmoid(row[j]) * inv_n;
+    for (int64_t j = cand; j < end; ++j)
+      if (j != i) row[j] = 0.0f;
+  }
+
+  void backward_row(int64_t b, int64_t i, int64_t n, int64_t end, int64_t cand, int64_t,
+                    const float* __restrict s, float* __restrict prow, float* __restrict drow,
+                    float* partial) const {
+#pragma omp simd
+    for (int64_t j = 0; j < end; ++j) {
+      const float sig = sigmoid(s[j]);
+      drow[j] = prow[j] * sig * (1.0f + s[j] * (1.0f - sig)) * inv_n;
+      prow[j] = s[j] * sig * inv_n;
+    }
+    for (int64_t j = cand; j < end; ++j)
+      if (j != i) prow[j] = drow[j] = 0.0f;
+    if (pos_part) {
+      const int64_t base = max_seq_len - 1 - i;
+      if (base >= 0 && base + end - 1 < pos_size) {
+        float* __restrict table = partial + base;
+#pragma omp simd
+        for (int64_t j = 0; j < end; ++j) table[j] += drow[j];
+      } else {
+        for (int64_t j = 0; j < end; ++j)
+          partial[std::min(std::max<int64_t>(base + j, 0), pos_size - 1)] += drow[j];
+      }
+    }
+    if (time_part) {
+      float* sums = partial + pos_part;  // 4 interleaved sums per bucket
+      const uint8_t* bk = buckets + square_offsets[b] + i * n;
+      for (int64_t j = 0; j < end; ++j) sums[4 * bk[j] + (j & 3)] += drow[j];
+    }
+  }
+};
+
+inline uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+struct Softmax {
+  float alpha;       // 1 / sqrt(d)
+  float keep_scale;  // 1 / (1 - dropout), or 1
+  uint64_t drop_below;  // a pair is dropped when its hash is below this (0: no dropout)
+  uint64_t seed;
+
+  int64_t partial_size() const { return 0; }
+
+  // p~ = p * keep_scale where the pair is kept, 0 where dropped
+  void dropout(int64_t pair, int64_t end, const float* __restrict p, float* __restrict out) const {
+    if (drop_below == 0) {
+#pragma omp simd
+      for (int64_t j = 0; j < end; ++j) out[j] = p[j] * keep_scale;
+      return;
+    }
+    const uint64_t base = seed + static_cast<uint64_t>(pair);
+#pragma omp simd
+    for (int64_t j = 0; j < end; ++j)
+      out[j] = splitmix64(base + static_cast<uint64_t>(j)) >= drop_below ? p[j] * keep_scale
+                                                                        : 0.0f;
+  }
+
+  void forward_row(int64_t, int64_t i, int64_t, int64_t end, int64_t cand, int64_t pair,
+                   float* __restrict row, float* __restrict saved) const {
+    float top = -INFINITY;
+    for (int64_t j = 0; j < end; ++j) {
+      row[j] *= alpha;
+      if (j < cand || j == i) top = std::max(top, row[j]);
+    }
+#pragma omp simd
+    for (int64_t j = 0; j < end; ++j) row[j] = exp_approx(row[j] - top);
+    for (int64_t j = cand; j < end; ++j)
+      if (j != i) row[j] = 0.0f;
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < end; ++j) sum += row[j];
+    const float inv = 1.0f / sum;
+#pragma omp simd
+    for (int64_t j = 0; j < end; ++j) row[j] *= inv;
+    if (saved != nullptr) std::memcpy(saved, row, end * sizeof(float));
+    dropout(pair, end, row, row);
+  }
+
+  void backward_row(int64_t, int64_t, int64_t, int64_t end, int64_t, int64_t pair,
+                    const float* __restrict p, float* __restrict prow, float* __restrict drow,
+                    float*) const {
+    // with p~ = p * keep * keep_scale and D = sum_j p~_j dP~_j (= rowsum(dO * O)):
+    // dS = p * (dP~ * keep * keep_scale - D) = p~ * dP~ - p * D
+    dropout(pair, end, p, drow);  // drow = p~ for now
+    float row_term = 0.0f;
+#pragma omp simd reduction(+ : row_term)
+    for (int64_t j = 0; j < end; ++j) row_term += drow[j] * prow[j];
+#pragma omp simd
+    for (int64_t j = 0; j < end; ++j) {
+      const float p_dropped = drow[j];
+      drow[j] = p_dropped * prow[j] - p[j] * row_term;
+      prow[j] = p_dropped;
+    }
+  }
+};
+
+Softmax softmax_policy(float scale, double dropout, uint64_t seed) {
+  // a pair is dropped when its 64-bit hash is below dropout * 2^64
+  const double threshold = std::ldexp(dropout, 64);
+  const uint64_t below = dropout <= 0.0 ? 0
+                         : threshold >= 18446744073709551615.0 ? ~0ull
+                                                               : static_cast<uint64_t>(threshold);
+  return Softmax{scale, dropout > 0.0 ? static_cast<float>(1.0 / (1.0 - dropout)) : 1.0f, below,
+                 seed};
+}
+
+// -- the task loops --------------------------------------------------------------------------------
+
+// out [T, H, dv] (contiguous); q, k, v rows at the given strides (each row's [H, d] contiguous);
+// saved: null, or per allowed pair at Problem::pairs(b, h) + i * n + j.
+template <typename Policy>
+void forward_tasks(const Problem& p, const Policy& policy, const float* q, int64_t q_stride,
+                   const float* k, int64_t k_stride, const float* v, int64_t v_stride,
+                   float* out, float* saved) {
+  const std::vector<int64_t> order = task_order(p);
+  const int64_t heads = p.heads, dqk = p.dqk, dv = p.dv, wv = round_up(dv, VL);
+#ifdef _OPENMP
+#pragma omp parallel num_threads(p.threads)
+#endif
+  {
+    std::vector<float> q_buf, kt_buf, v_buf, s_buf, o_buf, t_buf;
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+    for (int64_t t = 0; t < static_cast<int64_t>(order.size()); ++t) {
+      const int64_t b = order[t] / heads, h = order[t] % heads;
+      const int64_t o = p.offsets[b], n = p.length(b);
+      if (n == 0) continue;
+      const int64_t rows = round_up(n, MR), cols = round_up(n, VL);
+      float* qs = scratch(q_buf, rows * dqk);
+      float* kt = scratch(kt_buf, dqk * cols);
+      float* vs = scratch(v_buf, cols * wv);
+      float* s = scratch(s_buf, MR * cols);
+      float* acc = scratch(o_buf, MR * wv);
+      copy_rows(q + o * q_stride + h * dqk, q_stride, n, dqk, qs, dqk, rows);
+      copy_transposed(k + o * k_stride + h * dqk, k_stride, n, dqk, kt, cols,
+                      scratch(t_buf, n * dqk));
+      copy_rows(v + o * v_stride + h * dv, v_stride, n, dv, vs, wv, cols);
+      const int64_t pairs = p.pairs(b, h);
+      for (int64_t i0 = 0; i0 < n; i0 += MR) {
+        const int64_t block_end = p.causal ? std::min(n, i0 + MR) : n;  // keys of the block
+        const int64_t width = round_up(block_end, VL);
+        product_nt(qs + i0 * dqk, dqk, kt, cols, dqk, width, s, cols);
+        for (int r = 0; r < MR; ++r) {
+          const int64_t i = i0 + r;
+          float* row = s + r * cols;
+          if (i >= n) {
+            std::fill(row, row + width, 0.0f);
+            continue;
+          }
+          const int64_t end = p.key_end(i, n);
+          policy.forward_row(b, i, n, end, candidate_start(p, b, i, end), pairs + i * n, row,
+                             saved == nullptr ? nullptr : saved + pairs + i * n);
+          std::fill(row + end, row + width, 0.0f);
+        }
+        product_nn(s, cols, block_end, vs, wv, wv, acc, wv, 1.0f);
+        for (int r = 0; r < MR && i0 + r < n; ++r)
+          std::memcpy(out + ((o + i0 + r) * heads + h) * dv, acc + r * wv, dv * sizeof(float));
+      }
+    }
+  }
+}
+
+// dq, dk [T, H, dqk] and dv_out [T, H, dv] (contiguous) from grad_out [T, H, dv] and the
+// forward's saved values; the policy's per-task gradient partials at partial + task * size.
+template <typename Policy>
+void backward_tasks(const Problem& p, const Policy& policy, const float* grad_out,
+                    int64_t g_stride, const float* q, int64_t q_stride, const float* k,
+                    int64_t k_stride, const float* v, int64_t v_stride, const float* saved,
+                    float* dq, float* dk, float* dv_out, float* partial) {
+  const std::vector<int64_t> order = task_order(p);
+  const int64_t heads = p.heads, dqk = p.dqk, dv = p.dv;
+  const int64_t wq = round_up(dqk, VL), wv = round_up(dv, VL), part = policy.partial_size();
+#ifdef _OPENMP
+#pragma omp parallel num_threads(p.threads)
+#endif
+  {
+    std::vector<float> q_buf, k_buf, vt_buf, g_buf, dk_buf, dv_buf, s_buf, ds_buf, o_buf,
+        t_buf;
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+    for (int64_t t = 0; t < static_cast<int64_t>(order.size()); ++t) {
+      const int64_t task = order[t], b = task / heads, h = task % heads;
+      const int64_t o = p.offsets[b], n = p.length(b);
+      float* my_partial = partial + task * part;
+      std::fill(my_partial, my_partial + part, 0.0f);
+      if (n == 0) continue;
+      const int64_t rows = round_up(n, MR), cols = round_up(n, VL);
+      float* qs = scratch(q_buf, rows * wq);
+      float* ks = scratch(k_buf, cols * wq);
+      float* vt = scratch(vt_buf, dv * cols);
+      float* gs = scratch(g_buf, rows * wv);
+      float* dks = scratch(dk_buf, cols * wq);
+      float* dvs = scratch(dv_buf, cols * wv);
+      float* pr = scratch(s_buf, MR * cols);  // dP, then the weights
+      float* ds = scratch(ds_buf, MR * cols);
+      float* acc = scratch(o_buf, MR * wq);
+      copy_rows(q + o * q_stride + h * dqk, q_stride, n, dqk, qs, wq, rows);
+      copy_rows(k + o * k_stride + h * dqk, k_stride, n, dqk, ks, wq, cols);
+      copy_transposed(v + o * v_stride + h * dv, v_stride, n, dv, vt, cols,
+                      scratch(t_buf, n * dv));
+      copy_rows(grad_out + o * g_stride + h * dv, g_stride, n, dv, gs, wv, rows);
+      std::fill(dks, dks + cols * wq, 0.0f);
+      std::fill(dvs, dvs + cols * wv, 0.0f);
+      const int64_t pairs = p.pairs(b, h);
+      for (int64_t i0 = 0; i0 < n; i0 += MR) {
+        const int64_t block_end = p.causal ? std::min(n, i0 + MR) : n;
+        const int64_t width = round_up(block_end, VL);
+        product_nt(gs + i0 * wv, wv, vt, cols, dv, width, pr, cols);  // dP
+        for (int r = 0; r < MR; ++r) {
+          const int64_t i = i0 + r;
+          float* prow = pr + r * cols;
+          float* drow = ds + r * cols;
+          if (i >= n) {
+            std::fill(prow, prow + width, 0.0f);
+            std::fill(drow, drow + width, 0.0f);
+            continue;
+          }
+          const int64_t end = p.key_end(i, n);
+          policy.backward_row(b, i, n, end, candidate_start(p, b, i, end), pairs + i * n,
+                              saved + pairs + i * n, prow, drow, my_partial);
+          std::fill(prow + end, prow + width, 0.0f);
+          std::fill(drow + end, drow + width, 0.0f);
+        }
+        product_nn(ds, cols, block_end, ks, wq, wq, acc, wq, p.alpha);  // dQ rows
+        for (int r = 0; r < MR && i0 + r < n; ++r)
+          std::memcpy(dq + ((o + i0 + r) * heads + h) * dqk, acc + r * wq, dqk * sizeof(float));
+        update_tn(ds, cols, block_end, qs + i0 * wq, wq, wq, dks, wq);  // dK += dS^T Q
+        update_tn(pr, cols, block_end, gs + i0 * wv, wv, wv, dvs, wv);  // dV += P^T dO
+      }
+      for (int64_t j = 0; j < n; ++j) {
+        float* dk_row = dk + ((o + j) * heads + h) * dqk;
+        for (int64_t c = 0; c < dqk; ++c) dk_row[c] = p.alpha * dks[j * wq + c];
+        std::memcpy(dv_out + ((o + j) * heads + h) * dv, dvs + j * wv, dv * sizeof(float));
+      }
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// Time bucket of every allowed pair: bucket(qts_i - ts_j) of reference.time_buckets, i.e. the
+// largest k < num_thresholds with thresholds[k] <= g = max(|gap|, 1), clamped to
+// num_buckets - 1. The float's exponent and mantissa give log2(g) from below, within 0.0861
+// (log2(1 + f) - f <= 0.0861 on [0, 1]), so guess = floor((estimate - 1e-4) * ln 2 / 0.301)
+// is the exact bucket or one below it (0.0862 * 2.303 < 1); one integer compare decides.
+void genrec_hstu_time_buckets(const int64_t* ts, const int64_t* qts, const int64_t* offsets,
+                              int64_t batch, const int64_t* square_offsets,
+                              const int64_t* thresholds, int64_t num_thresholds,
+                              int64_t num_buckets, int causal, uint8_t* out, int threads) {
+  const double per_octave = 0.6931471805599453 / 0.301;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+#endif
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t o = offsets[b], n = offsets[b + 1] - o;
+    for (int64_t i = 0; i < n; ++i) {
+      uint8_t* row = out + square_offsets[b] + i * n;
+      const int64_t end = causal ? i + 1 : n, q = qts[o + i];
+      for (int64_t j = 0; j < end; ++j) {
+        int64_t gap = q - ts[o + j];
+        gap = gap < 0 ? -gap : gap;
+        gap = gap < 1 ? 1 : gap;
+        const float g = static_cast<float>(gap);
+        uint32_t bits;
+        std::memcpy(&bits, &g, sizeof bits);
+        const double log2_low = static_cast<double>(static_cast<int32_t>(bits >> 23) - 127) +
+                                static_cast<double>(bits & 0x7fffffu) * (1.0 / 8388608.0);
+        int64_t k = static_cast<int64_t>((log2_low - 1e-4) * per_octave);  // truncates: >= -1
+        k = std::min<int64_t>(std::max<int64_t>(k, 0), num_thresholds - 2);
+        k += thresholds[k + 1] <= gap;
+        row[j] = static_cast<uint8_t>(std::min(k, num_buckets - 1));
+      }
+    }
+  }
+}
+
+void genrec_hstu_forward_f32(const float* q, int64_t q_stride, const float* k, int64_t k_stride,
+                             const float* v, int64_t v_stride, const int64_t* offsets,
+                             int64_t batch, int64_t heads, int64_t dqk, int64_t dv,
+                             int64_t max_seq_len, float alpha, int causal,
+                             const int64_t* first_candidate, const float* pos,
+                             int64_t pos_size, const float* time, int64_t num_buckets,
+                             const uint8_t* buckets, const int64_t* square_offsets,
+                             float* out, float* logits, int threads) {
+  const Problem p{offsets, batch, heads, dqk, dv, alpha, causal, first_candidate,
+                  square_offsets, threads};
+  const Hstu policy{alpha, 1.0f / static_cast<float>(max_seq_len), max_seq_len, pos, pos_size,
+                    time, num_buckets, buckets, square_offsets, 0, 0};
+  forward_tasks(p, policy, q, q_stride, k, k_stride, v, v_stride, out, logits);
+}
+
+// d_pos [pos_size] and d_time [num_buckets] when non-null (overwritten), through the
+// [tasks, table] partials `partial`.
+void genrec_hstu_backward_f32(const float* grad_out, int64_t g_stride, const float* q,
+                              int64_t q_stride, const float* k, int64_t k_stride,
+                              const float* v, int64_t v_stride, const float* logits,
+                              const int64_t* offsets, int64_t batch, int64_t heads, int64_t dqk,
+                              int64_t dv, int64_t max_seq_len, float alpha, int causal,
+                              const int64_t* first_candidate, int64_t pos_size,
+                              int64_t num_buckets, const uint8_t* buckets,
+                              const int64_t* square_offsets, float* dq, float* dk,
+                              float* dv_out, float* d_pos, float* d_time, float* partial,
+                              int threads) {
+  const Problem p{offsets, batch, heads, dqk, dv, alpha, causal, first_candidate,
+                  square_offsets, threads};
+  const int64_t pos_part = d_pos != nullptr ? pos_size : 0;
+  const int64_t time_part = d_time != nullptr ? 4 * num_buckets : 0;
+  const Hstu policy{alpha, 1.0f / static_cast<float>(max_seq_len), max_seq_len, nullptr,
+                    pos_size, nullptr, num_buckets, buckets, square_offsets, pos_part,
+                    time_part};
+  backward_tasks(p, policy, grad_out, g_stride, q, q_stride, k, k_stride, v, v_stride, logits,
+                 dq, dk, dv_out, partial);
+  // the tables' gradients: partials summed in task order, entries split over the threads
+  const int64_t part = pos_part + time_part, tasks = batch * heads;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static)
+#endif
+  for (int64_t e = 0; e < part; ++e) {
+    float sum = 0.0f;
+    for (int64_t task = 0; task < tasks; ++task) sum += partial[task * part + e];
+    if (e < pos_part) d_pos[e] = sum;
+    else partial[e] = sum;  // task 0's slot is read only by this entry: reuse it
+  }
+  if (time_part) {
+    const float* sums = partial + pos_part;
+    for (int64_t bucket = 0; bucket < num_buckets; ++bucket)
+      d_time[bucket] = sums[4 * bucket] + sums[4 * bucket + 1] + sums[4 * bucket + 2] +
+                       sums[4 * bucket + 3];
+  }
+}
+
+// Causal (or not) softmax attention with dropout on the weights; `probs` (or null) receives
+// the weights before dropout for the backward. scale multiplies q . k (1 / sqrt(d)).
+void genrec_softmax_forward_f32(const float* q, int64_t q_stride, const float* k,
+                                int64_t k_stride, const float* v, int64_t v_stride,
+                                const int64_t* offsets, int64_t batch, int64_t heads,
+                                int64_t dqk, int64_t dv, float scale, int causal,
+                                const int64_t* first_candidate, double dropout, uint64_t seed,
+                                const int64_t* square_offsets, float* out, float* probs,
+                                int threads) {
+  const Problem p{offsets, batch, heads, dqk, dv, scale, causal, first_candidate,
+                  square_offsets, threads};
+  const Softmax policy = softmax_policy(scale, dropout, seed);
+  forward_tasks(p, policy, q, q_stride, k, k_stride, v, v_stride, out, probs);
+}
+
+void genrec_softmax_backward_f32(const float* grad_out, int64_t g_stride, const float* q,
+                                 int64_t q_stride, const float* k, int64_t k_stride,
+                                 const float* v, int64_t v_stride, const float* probs,
+                                 const int64_t* offsets, int64_t batch, int64_t heads,
+                                 int64_t dqk, int64_t dv, float scale, int causal,
+                                 const int64_t* first_candidate, double dropout, uint64_t seed,
+                                 const int64_t* square_offsets, float* dq, float* dk,
+                                 float* dv_out, int threads) {
+  const Problem p{offsets, batch, heads, dqk, dv, scale, causal, first_candidate,
+                  square_offsets, threads};
+  const Softmax policy = softmax_policy(scale, dropout, seed);
+  backward_tasks(p, policy, grad_out, g_stride, q, q_stride, k, k_stride, v, v_stride, probs,
+                 dq, dk, dv_out, nullptr);
+}
+
+}  // extern "C"
