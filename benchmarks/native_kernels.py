@@ -12,7 +12,9 @@ ratio holds even on a machine whose speed drifts:
 - HSTU attention (both rab tables, causal), forward and forward + backward, at HSTU's
   1 head × 50 and HSTU-large's 2 heads × 25: the C++ kernel against the length-grouped,
   compiled tiles of ``ops/attention/cpu.py``. 128 sequences of lengths uniform in [20, 200]
-  (≈ an ML-1M batch), q, k, v column slices of one [T, 4·H·D] projection as in the model.
+  (≈ an ML-1M batch), q, k, v column slices of one [T, 4·H·D] projection as in the model;
+- SASRec's causal softmax attention (1 head × 50, dropout 0.2 on the weights), forward + backward,
+  the C++ kernel against the length-grouped tiles of ``ops/softmax_attention.py``.
 
     python benchmarks/native_kernels.py --threads 2 --json benchmarks/results/native_kernels.json
 """
@@ -34,6 +36,7 @@ import torch.nn.functional as F
 
 from genrec.ops import hstu_attention, native, rng
 from genrec.ops.gather import gather_dot, gather_dot_reference
+from genrec.ops.softmax_attention import attention_plan, causal_softmax_attention
 from genrec.train.losses import sampled_softmax_loss
 
 
@@ -144,8 +147,24 @@ def attention_rows(repeats: int) -> list[tuple[str, str, float, float]]:
     lengths = torch.randint(20, 201, (128,), generator=g)
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
     timestamps = torch.cumsum(torch.randint(0, 90_000, (int(offsets[-1]),), generator=g), 0)
-    return [row for heads, dim in ((1, 50), (2, 25))
+    rows = [row for heads, dim in ((1, 50), (2, 25))
             for row in _attention_pair(heads, dim, offsets, timestamps, g, repeats)]
+    return rows + [_softmax_row(offsets, g, repeats)]
+
+
+def _softmax_row(offsets, g, repeats):
+    tokens = int(offsets[-1])
+    qkv = torch.randn(tokens, 3, 1, 50, generator=g).requires_grad_()
+    q, k, v = qkv.unbind(1)
+    upstream = torch.randn(tokens, 1, 50, generator=g)
+
+    def training():
+        plan = attention_plan(offsets, None, 1)  # once per batch, as in the model
+        causal_softmax_attention(q, k, v, plan, dropout_p=0.2).backward(upstream)
+        qkv.grad = None
+
+    return (f"SASRec softmax attention fwd+bwd (1 × 50, p = 0.2, T = {tokens})",
+            "length-grouped tiles", *alternate(training, training, repeats))
 
 
 def _attention_pair(heads, dim, offsets, timestamps, g, repeats):
