@@ -4,14 +4,15 @@ The same function as ``hstu_attention_reference`` and the length-grouped CPU pat
 (``cpu.py``), which it replaces for float32 CPU tensors when ``genrec.ops.native`` can build
 its library: one task per (sequence, head) on the OpenMP threads; per block of 4 query rows,
 Q Kᵀ, the bias, mask and SiLU, and P V without leaving the cache; nothing padded, no n × n
-buffer but the saved logits (training only, one float per allowed pair), and q, k, v read in
-place at their row strides (the model's q, k, v are views of one projection).
+buffer, and q, k, v read in place at their row strides (the model's q, k, v are views of one
+projection).
 
-The backward reads the saved logits back and produces dQ row-block by row-block and dK, dV as
-rank-4 updates; the tables' gradients are summed per task, then in task order, so results do
-not depend on the thread count. Time buckets, one byte per allowed pair, are computed once
-per batch with exact integer comparisons (``reference.bucket_thresholds``) and shared by a
-model's layers and the backward.
+The backward recomputes each block's logits (as fast as reading saved ones back from memory,
+and HSTU-large's peak RSS 1.15–1.22 → 0.91–1.0 GB) and produces dQ row-block by row-block
+and dK, dV as rank-4 updates; the tables' gradients are summed per task, then in task order,
+so results do not depend on the thread count. Time buckets, one byte per allowed pair, are
+computed once per batch with exact integer comparisons (``reference.bucket_thresholds``) and
+shared by a model's layers and the backward.
 
 Both passes are custom ops opaque to torch.compile. With other dtypes or devices, no compiler,
 ``GENREC_NATIVE=0`` or ``GENREC_NATIVE_ATTENTION=0``, ``cpu.py``'s tiles run. Tests hold
@@ -38,11 +39,11 @@ _VP, _I64, _F32, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.
 _SIGNATURES = {
     "genrec_hstu_time_buckets": [_VP, _VP, _VP, _I64, _VP, _VP, _I64, _I64, _INT, _VP, _INT],
     "genrec_hstu_forward_f32": [_VP, _I64, _VP, _I64, _VP, _I64, _VP, _I64, _I64, _I64, _I64,
-                                _I64, _F32, _INT, _VP, _VP, _I64, _VP, _I64, _VP, _VP, _VP, _VP,
+                                _I64, _F32, _INT, _VP, _VP, _I64, _VP, _I64, _VP, _VP, _VP,
                                 _INT],
-    "genrec_hstu_backward_f32": [_VP, _I64, _VP, _I64, _VP, _I64, _VP, _I64, _VP, _VP, _I64,
-                                 _I64, _I64, _I64, _I64, _F32, _INT, _VP, _I64, _I64, _VP, _VP,
-                                 _VP, _VP, _VP, _VP, _VP, _VP, _INT],
+    "genrec_hstu_backward_f32": [_VP, _I64, _VP, _I64, _VP, _I64, _VP, _I64, _VP, _I64, _I64,
+                                 _I64, _I64, _I64, _F32, _INT, _VP, _VP, _I64, _VP, _I64, _VP,
+                                 _VP, _VP, _VP, _VP, _VP, _VP, _VP, _INT],
     "genrec_softmax_forward_f32": [_VP, _I64, _VP, _I64, _VP, _I64, _VP, _I64, _I64, _I64, _I64,
                                    _F32, _INT, _VP, ctypes.c_double, ctypes.c_uint64, _VP, _VP,
                                    _VP, _INT],
@@ -149,11 +150,10 @@ def pointer(t: torch.Tensor | None) -> int | None:
 _FORWARD_SCHEMA = (
     "(Tensor q, Tensor k, Tensor v, Tensor seq_offsets, Tensor? pos_weights, "
     "Tensor? time_weights, Tensor? timestamps, Tensor? query_timestamps, "
-    "Tensor? num_candidates, int max_seq_len, float alpha, bool causal, bool save) "
-    "-> (Tensor, Tensor)"
+    "Tensor? num_candidates, int max_seq_len, float alpha, bool causal) -> Tensor"
 )
 _BACKWARD_SCHEMA = (
-    "(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor logits, Tensor seq_offsets, "
+    "(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor seq_offsets, "
     "Tensor? pos_weights, Tensor? time_weights, Tensor? timestamps, Tensor? query_timestamps, "
     "Tensor? num_candidates, int max_seq_len, float alpha, bool causal, bool pos_grad, "
     "bool time_grad) -> (Tensor, Tensor, Tensor, Tensor, Tensor)"
@@ -163,8 +163,8 @@ _BACKWARD_SCHEMA = (
 @torch.library.custom_op("genrec::hstu_attention_native", mutates_args=(),
                          schema=_FORWARD_SCHEMA)
 def _forward_op(q, k, v, seq_offsets, pos_weights, time_weights, timestamps, query_timestamps,
-                num_candidates, max_seq_len, alpha, causal, save):
-    """(out [T, H, Dv], logits [H·Σ n_b²] if save else [0])."""
+                num_candidates, max_seq_len, alpha, causal):
+    """out [T, H, Dv]; the backward recomputes the logits, so nothing else is kept."""
     validate(q, k, v, seq_offsets, max_seq_len, pos_weights, time_weights, timestamps,
              query_timestamps, num_candidates)
     tokens, heads, dqk = q.shape
@@ -173,9 +173,8 @@ def _forward_op(q, k, v, seq_offsets, pos_weights, time_weights, timestamps, que
                         causal=causal, num_buckets=0 if time_weights is None
                         else time_weights.numel())
     out = new_output((tokens, heads, dv), q)
-    logits = q.new_empty(heads * int(layout.square_offsets[-1]) if save else 0)
     if tokens == 0:
-        return out, logits
+        return out
     (q, qs), (k, ks), (v, vs) = (row_strided(x) for x in (q, k, v))
     pos = None if pos_weights is None else pos_weights.contiguous()
     time = None if time_weights is None else time_weights.contiguous()
@@ -183,23 +182,20 @@ def _forward_op(q, k, v, seq_offsets, pos_weights, time_weights, timestamps, que
         q.data_ptr(), qs, k.data_ptr(), ks, v.data_ptr(), vs, layout.offsets.data_ptr(),
         layout.offsets.numel() - 1, heads, dqk, dv, max_seq_len, alpha, int(causal),
         pointer(layout.first_candidate), pointer(pos), 0 if pos is None else pos.numel(),
-        pointer(time),
-        0 if time is None else time.numel(), pointer(layout.buckets),
-        layout.square_offsets.data_ptr(), out.data_ptr(), logits.data_ptr() if save else None,
-        torch.get_num_threads())
-    return out, logits
+        pointer(time), 0 if time is None else time.numel(), pointer(layout.buckets),
+        layout.square_offsets.data_ptr(), out.data_ptr(), torch.get_num_threads())
+    return out
 
 
 @_forward_op.register_fake
 def _(q, k, v, seq_offsets, pos_weights, time_weights, timestamps, query_timestamps,
-      num_candidates, max_seq_len, alpha, causal, save):
-    size = torch.library.get_ctx().new_dynamic_size() if save else 0  # H·Σ n_b²
-    return v.new_empty(q.shape[0], q.shape[1], v.shape[2]), q.new_empty(size)
+      num_candidates, max_seq_len, alpha, causal):
+    return v.new_empty(q.shape[0], q.shape[1], v.shape[2])
 
 
 @torch.library.custom_op("genrec::hstu_attention_native_backward", mutates_args=(),
                          schema=_BACKWARD_SCHEMA)
-def _backward_op(grad_out, q, k, v, logits, seq_offsets, pos_weights, time_weights, timestamps,
+def _backward_op(grad_out, q, k, v, seq_offsets, pos_weights, time_weights, timestamps,
                  query_timestamps, num_candidates, max_seq_len, alpha, causal, pos_grad,
                  time_grad):
     """(dq, dk, dv, d pos_weights, d time_weights); a table's gradient is empty if not asked."""
@@ -215,20 +211,22 @@ def _backward_op(grad_out, q, k, v, logits, seq_offsets, pos_weights, time_weigh
     if tokens == 0:
         return dq, dk, dvv, d_pos, d_time
     (g, gs), (q, qs), (k, ks), (v, vs) = (row_strided(x) for x in (grad_out, q, k, v))
+    pos = None if pos_weights is None else pos_weights.contiguous()
+    time = None if time_weights is None else time_weights.contiguous()
     part = (pos_size if pos_grad else 0) + (4 * num_buckets if time_grad else 0)
     partial = q.new_empty(max(1, (layout.offsets.numel() - 1) * heads * part))
     library().genrec_hstu_backward_f32(
         g.data_ptr(), gs, q.data_ptr(), qs, k.data_ptr(), ks, v.data_ptr(), vs,
-        logits.data_ptr(), layout.offsets.data_ptr(), layout.offsets.numel() - 1, heads, dqk,
-        dv, max_seq_len, alpha, int(causal), pointer(layout.first_candidate), pos_size,
-        num_buckets, pointer(layout.buckets), layout.square_offsets.data_ptr(), dq.data_ptr(),
-        dk.data_ptr(), dvv.data_ptr(), d_pos.data_ptr() if pos_grad else None,
+        layout.offsets.data_ptr(), layout.offsets.numel() - 1, heads, dqk, dv, max_seq_len,
+        alpha, int(causal), pointer(layout.first_candidate), pointer(pos), pos_size,
+        pointer(time), num_buckets, pointer(layout.buckets), layout.square_offsets.data_ptr(),
+        dq.data_ptr(), dk.data_ptr(), dvv.data_ptr(), d_pos.data_ptr() if pos_grad else None,
         d_time.data_ptr() if time_grad else None, partial.data_ptr(), torch.get_num_threads())
     return dq, dk, dvv, d_pos, d_time
 
 
 @_backward_op.register_fake
-def _(grad_out, q, k, v, logits, seq_offsets, pos_weights, time_weights, timestamps,
+def _(grad_out, q, k, v, seq_offsets, pos_weights, time_weights, timestamps,
       query_timestamps, num_candidates, max_seq_len, alpha, causal, pos_grad, time_grad):
     return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
             q.new_empty(pos_weights.numel() if pos_grad else 0),
@@ -237,27 +235,25 @@ def _(grad_out, q, k, v, logits, seq_offsets, pos_weights, time_weights, timesta
 
 def _setup_context(ctx, inputs, output):
     (q, k, v, seq_offsets, pos_weights, time_weights, timestamps, query_timestamps,
-     num_candidates, max_seq_len, alpha, causal, _) = inputs
-    logits = output[1]
-    ctx.mark_non_differentiable(logits)
+     num_candidates, max_seq_len, alpha, causal) = inputs
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(q, k, v, logits, seq_offsets, pos_weights, time_weights, timestamps,
+    ctx.save_for_backward(q, k, v, seq_offsets, pos_weights, time_weights, timestamps,
                           query_timestamps, num_candidates)
     ctx.scalars = (max_seq_len, alpha, causal)
 
 
-def _autograd_backward(ctx, grad_out, _):
+def _autograd_backward(ctx, grad_out):
     if grad_out is None:  # the output did not reach the loss
-        return (None,) * 13
-    q, k, v, logits, seq_offsets, pos_weights, time_weights, ts, qts, cands = ctx.saved_tensors
+        return (None,) * 12
+    q, k, v, seq_offsets, pos_weights, time_weights, ts, qts, cands = ctx.saved_tensors
     needs = ctx.needs_input_grad
     pos_grad = pos_weights is not None and needs[4]
     time_grad = time_weights is not None and needs[5]
     dq, dk, dv, d_pos, d_time = torch.ops.genrec.hstu_attention_native_backward(
-        grad_out, q, k, v, logits, seq_offsets, pos_weights, time_weights, ts, qts, cands,
+        grad_out, q, k, v, seq_offsets, pos_weights, time_weights, ts, qts, cands,
         *ctx.scalars, pos_grad, time_grad)
     return (dq, dk, dv, None, d_pos if pos_grad else None, d_time if time_grad else None,
-            None, None, None, None, None, None, None)
+            None, None, None, None, None, None)
 
 
 _forward_op.register_autograd(_autograd_backward, setup_context=_setup_context)
@@ -271,9 +267,6 @@ def hstu_attention_native(q, k, v, seq_offsets, max_seq_len, alpha, pos_weights=
     Returns [T, H, Dv]; differentiable in q, k, v, pos_weights and time_weights (once).
     Callers check ``usable`` first (``cpu.hstu_attention_cpu`` does).
     """
-    save = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (q, k, v, pos_weights, time_weights))
-    out, _ = torch.ops.genrec.hstu_attention_native(
+    return torch.ops.genrec.hstu_attention_native(
         q, k, v, seq_offsets, pos_weights, time_weights, timestamps, query_timestamps,
-        num_candidates, int(max_seq_len), float(alpha), bool(causal), save)
-    return out
+        num_candidates, int(max_seq_len), float(alpha), bool(causal))

@@ -12,11 +12,13 @@
 // One task is one (sequence, head). A task walks its query rows in blocks of MR rows and keeps
 // everything else in O(n * d) scratch: per block, S = Q K^T is one register-blocked product,
 // the row policy (HSTU: bias, mask, SiLU; softmax: mask, softmax, dropout) turns it into the
-// weights in place, and P V is a second product. Nothing n x n is written except, for
-// training, one float per allowed pair for the backward (HSTU: the logits; softmax: p). The
-// backward walks the same blocks: dP = dO V^T, the policy makes dS and the weights, then
-// dQ = alpha dS K for the block's rows, and dK += alpha dS^T Q, dV += P^T dO as rank-MR
-// updates of the task's key rows: no transpose and no n x n scratch either.
+// weights in place, and P V is a second product. Nothing n x n is written except, for the
+// softmax in training, p (one float per allowed pair) for the backward; HSTU's backward
+// recomputes its logits (Q K^T and the bias) per block instead, which costs about what reading
+// them back from memory would, and keeps the memory O(n * d). The backward walks the same
+// blocks: dP = dO V^T, the policy makes dS and the weights, then dQ = alpha dS K for the
+// block's rows, and dK += alpha dS^T Q, dV += P^T dO as rank-MR updates of the task's key
+// rows: no transpose and no n x n scratch either.
 //
 // HSTU's bias-table gradients are summed per task into [tasks, table] partials, then over
 // tasks in task order: results do not depend on the thread count or on which thread ran which
@@ -262,6 +264,8 @@ struct Hstu {
   const uint8_t* buckets;  // per allowed pair, at square_offsets
   const int64_t* square_offsets;
   int64_t pos_part, time_part;  // gradient partial sizes (0: not asked for)
+  // the backward recomputes the logits (Q K^T and the bias) instead of reading saved ones
+  static constexpr bool recompute = true;
 
   int64_t partial_size() const { return pos_part + time_part; }
 
@@ -290,9 +294,8 @@ struct Hstu {
   }
 
   void forward_row(int64_t b, int64_t i, int64_t n, int64_t end, int64_t cand, int64_t,
-                   float* __restrict row, float* __restrict saved) const {
+                   float* __restrict row, float*) const {
     logits(b, i, n, end, row);
-    if (saved != nullptr) std::memcpy(saved, row, end * sizeof(float));
 #pragma omp simd
     for (int64_t j = 0; j < end; ++j) row[j] = row[j] * sigmoid(row[j]) * inv_n;
     for (int64_t j = cand; j < end; ++j)
@@ -341,6 +344,8 @@ struct Softmax {
   float keep_scale;  // 1 / (1 - dropout), or 1
   uint64_t drop_below;  // a pair is dropped when its hash is below this (0: no dropout)
   uint64_t seed;
+
+  static constexpr bool recompute = false;  // the backward reads the saved p
 
   int64_t partial_size() const { return 0; }
 
@@ -410,7 +415,8 @@ Softmax softmax_policy(float scale, double dropout, uint64_t seed) {
 // -- the task loops --------------------------------------------------------------------------------
 
 // out [T, H, dv] (contiguous); q, k, v rows at the given strides (each row's [H, d] contiguous);
-// saved: null, or per allowed pair at Problem::pairs(b, h) + i * n + j.
+// saved: null, or per allowed pair at Problem::pairs(b, h) + i * n + j (what the policy's
+// backward reads, unless it recomputes).
 template <typename Policy>
 void forward_tasks(const Problem& p, const Policy& policy, const float* q, int64_t q_stride,
                    const float* k, int64_t k_stride, const float* v, int64_t v_stride,
@@ -479,7 +485,7 @@ void backward_tasks(const Problem& p, const Policy& policy, const float* grad_ou
 #endif
   {
     std::vector<float> q_buf, k_buf, vt_buf, g_buf, dk_buf, dv_buf, s_buf, ds_buf, o_buf,
-        t_buf;
+        t_buf, kt_buf, l_buf;
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
@@ -504,6 +510,14 @@ void backward_tasks(const Problem& p, const Policy& policy, const float* grad_ou
       copy_transposed(v + o * v_stride + h * dv, v_stride, n, dv, vt, cols,
                       scratch(t_buf, n * dv));
       copy_rows(grad_out + o * g_stride + h * dv, g_stride, n, dv, gs, wv, rows);
+      float* kt = nullptr;  // K^T and the block's logits, when the policy recomputes them
+      float* block_logits = nullptr;
+      if constexpr (Policy::recompute) {
+        kt = scratch(kt_buf, wq * cols);
+        block_logits = scratch(l_buf, MR * cols);
+        for (int64_t c = 0; c < dqk; ++c)
+          for (int64_t j = 0; j < cols; ++j) kt[c * cols + j] = ks[j * wq + c];
+      }
       std::fill(dks, dks + cols * wq, 0.0f);
       std::fill(dvs, dvs + cols * wv, 0.0f);
       const int64_t pairs = p.pairs(b, h);
@@ -511,6 +525,8 @@ void backward_tasks(const Problem& p, const Policy& policy, const float* grad_ou
         const int64_t block_end = p.causal ? std::min(n, i0 + MR) : n;
         const int64_t width = round_up(block_end, VL);
         product_nt(gs + i0 * wv, wv, vt, cols, dv, width, pr, cols);  // dP
+        if constexpr (Policy::recompute)
+          product_nt(qs + i0 * wq, wq, kt, cols, dqk, width, block_logits, cols);  // Q K^T
         for (int r = 0; r < MR; ++r) {
           const int64_t i = i0 + r;
           float* prow = pr + r * cols;
@@ -521,8 +537,16 @@ void backward_tasks(const Problem& p, const Policy& policy, const float* grad_ou
             continue;
           }
           const int64_t end = p.key_end(i, n);
+          const float* row_saved = nullptr;
+          if constexpr (!Policy::recompute) {
+            row_saved = saved + pairs + i * n;
+          } else {
+            float* row = block_logits + r * cols;
+            policy.logits(b, i, n, end, row);
+            row_saved = row;
+          }
           policy.backward_row(b, i, n, end, candidate_start(p, b, i, end), pairs + i * n,
-                              saved + pairs + i * n, prow, drow, my_partial);
+                              row_saved, prow, drow, my_partial);
           std::fill(prow + end, prow + width, 0.0f);
           std::fill(drow + end, drow + width, 0.0f);
         }
@@ -588,23 +612,23 @@ void genrec_hstu_forward_f32(const float* q, int64_t q_stride, const float* k, i
                              const int64_t* first_candidate, const float* pos,
                              int64_t pos_size, const float* time, int64_t num_buckets,
                              const uint8_t* buckets, const int64_t* square_offsets,
-                             float* out, float* logits, int threads) {
+                             float* out, int threads) {
   const Problem p{offsets, batch, heads, dqk, dv, alpha, causal, first_candidate,
                   square_offsets, threads};
   const Hstu policy{alpha, 1.0f / static_cast<float>(max_seq_len), max_seq_len, pos, pos_size,
                     time, num_buckets, buckets, square_offsets, 0, 0};
-  forward_tasks(p, policy, q, q_stride, k, k_stride, v, v_stride, out, logits);
+  forward_tasks(p, policy, q, q_stride, k, k_stride, v, v_stride, out, nullptr);
 }
 
 // d_pos [pos_size] and d_time [num_buckets] when non-null (overwritten), through the
 // [tasks, table] partials `partial`.
 void genrec_hstu_backward_f32(const float* grad_out, int64_t g_stride, const float* q,
                               int64_t q_stride, const float* k, int64_t k_stride,
-                              const float* v, int64_t v_stride, const float* logits,
-                              const int64_t* offsets, int64_t batch, int64_t heads, int64_t dqk,
+                              const float* v, int64_t v_stride, const int64_t* offsets, int64_t batch, int64_t heads, int64_t dqk,
                               int64_t dv, int64_t max_seq_len, float alpha, int causal,
-                              const int64_t* first_candidate, int64_t pos_size,
-                              int64_t num_buckets, const uint8_t* buckets,
+                              const int64_t* first_candidate, const float* pos,
+                              int64_t pos_size, const float* time, int64_t num_buckets,
+                              const uint8_t* buckets,
                               const int64_t* square_offsets, float* dq, float* dk,
                               float* dv_out, float* d_pos, float* d_time, float* partial,
                               int threads) {
@@ -612,10 +636,10 @@ void genrec_hstu_backward_f32(const float* grad_out, int64_t g_stride, const flo
                   square_offsets, threads};
   const int64_t pos_part = d_pos != nullptr ? pos_size : 0;
   const int64_t time_part = d_time != nullptr ? 4 * num_buckets : 0;
-  const Hstu policy{alpha, 1.0f / static_cast<float>(max_seq_len), max_seq_len, nullptr,
-                    pos_size, nullptr, num_buckets, buckets, square_offsets, pos_part,
+  const Hstu policy{alpha, 1.0f / static_cast<float>(max_seq_len), max_seq_len, pos,
+                    pos_size, time, num_buckets, buckets, square_offsets, pos_part,
                     time_part};
-  backward_tasks(p, policy, grad_out, g_stride, q, q_stride, k, k_stride, v, v_stride, logits,
+  backward_tasks(p, policy, grad_out, g_stride, q, q_stride, k, k_stride, v, v_stride, nullptr,
                  dq, dk, dv_out, partial);
   // the tables' gradients: partials summed in task order, entries split over the threads
   const int64_t part = pos_part + time_part, tasks = batch * heads;
