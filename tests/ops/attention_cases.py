@@ -134,3 +134,9 @@ def output_and_grads(fn, c: Case, seed: int = 1) -> list[torch.Tensor]:
     upstream = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.dtype)
     grads = torch.autograd.grad(out, c.differentiable(), upstream)
     return [out, *grads]
+
+
+def nan_buffers(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """A stand-in for an op module's ``new_output``: buffers start as NaN, so an element the
+    op leaves unwritten shows in the result (tests monkeypatch it in)."""
+    return torch.full(shape, math.nan, dtype=like.dtype, device=like.device)

@@ -8,11 +8,10 @@ each flag set costs seconds); one test holds the torch.compile'd tiles to the ea
 from __future__ import annotations
 
 import logging
-import math
 
 import pytest
 import torch
-from attention_cases import CPU_CASES, make_case, output_and_grads, relative_error
+from attention_cases import CPU_CASES, make_case, nan_buffers, output_and_grads, relative_error
 
 import genrec.ops.attention as attention
 from genrec.ops import hstu_attention
@@ -46,10 +45,7 @@ def eager(monkeypatch):
 @pytest.fixture
 def poisoned_outputs(monkeypatch):
     """The op's buffers (out, dq, dk, dv) start as NaN, so an element left unwritten shows."""
-    def new_output(shape, like):
-        return torch.full(shape, math.nan, dtype=like.dtype, device=like.device)
-
-    monkeypatch.setattr(cpu, "new_output", new_output)
+    monkeypatch.setattr(cpu, "new_output", nan_buffers)
 
 
 def assert_matches_reference(case, dtype):

@@ -8,7 +8,6 @@ error, as flash-attention's tests do. bf16 is checked on GPU only (`benchmarks/a
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from attention_cases import make_case, output_and_grads, relative_error
+from attention_cases import make_case, nan_buffers, output_and_grads, relative_error
 
 from genrec.ops import hstu_attention
 from genrec.ops.attention import hstu_attention_reference
@@ -54,10 +53,7 @@ def torch_attention(c):
 @pytest.fixture
 def poisoned_outputs(monkeypatch):
     """Kernel outputs (out, dq, dk, dv) start as NaN, so an element left unwritten shows."""
-    def new_output(shape, like):
-        return torch.full(shape, math.nan, dtype=like.dtype, device=like.device)
-
-    monkeypatch.setattr(kernel, "new_output", new_output)
+    monkeypatch.setattr(kernel, "new_output", nan_buffers)
 
 
 @pytest.mark.parametrize("name", sorted(KERNEL_CASES))

@@ -8,11 +8,9 @@ count; time buckets equal to the float64 reference at every edge.
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-from attention_cases import CPU_CASES, make_case, output_and_grads, relative_error
+from attention_cases import CPU_CASES, make_case, nan_buffers, output_and_grads, relative_error
 
 from genrec.ops import hstu_attention, native
 from genrec.ops.attention import cpu, hstu_attention_reference, time_buckets
@@ -42,10 +40,7 @@ def fast(c):
 
 @pytest.fixture
 def poisoned_outputs(monkeypatch):
-    def new_output(shape, like):
-        return torch.full(shape, math.nan, dtype=like.dtype, device=like.device)
-
-    monkeypatch.setattr(native_attention, "new_output", new_output)
+    monkeypatch.setattr(native_attention, "new_output", nan_buffers)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+from attention_cases import nan_buffers
 
 from genrec.ops import native
 from genrec.ops.attention import native as native_attention
@@ -67,10 +68,7 @@ def relative_error(a, b):
 
 @pytest.fixture
 def poisoned_outputs(monkeypatch):
-    def new_output(shape, like):
-        return torch.full(shape, math.nan, dtype=like.dtype, device=like.device)
-
-    monkeypatch.setattr(native_attention, "new_output", new_output)
+    monkeypatch.setattr(native_attention, "new_output", nan_buffers)
 
 
 @pytest.mark.parametrize("heads,dim", [(1, 50), (2, 8), (3, 5)])
