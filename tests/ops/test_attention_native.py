@@ -126,7 +126,22 @@ def test_time_buckets_equal_the_float64_reference_at_every_edge():
     for num_buckets in (129, 3, 160):
         layout = native_attention._layout(offsets, None, timestamps, timestamps + gaps,
                                           causal=True, num_buckets=num_buckets)
-        assert torch.equal(layout.buckets.long(), time_buckets(gaps, num_buckets))
+        pairs, slack = layout.buckets[:gaps.numel()], layout.buckets[gaps.numel():]
+        assert torch.equal(pairs.long(), time_buckets(gaps, num_buckets))
+        assert slack.numel() == native_attention.BUCKET_SLACK and not slack.any()
+
+
+def test_time_buckets_of_pairs_a_causal_row_does_not_attend_are_zero():
+    """The kernel reads a row's buckets in whole vectors: the bytes past the diagonal are
+    0, a valid bucket (masked afterwards), never stale memory."""
+    offsets = torch.tensor([0, 5, 12])
+    ts = torch.arange(12) * 1000
+    layout = native_attention._layout(offsets, None, ts, ts + 500, causal=True, num_buckets=129)
+    for start, n, square in ((0, 5, 0), (5, 7, 25)):
+        rows = layout.buckets[square:square + n * n].reshape(n, n).long()
+        gaps = (ts[start:start + n, None] + 500 - ts[None, start:start + n])
+        expected = time_buckets(gaps, 129).tril()
+        assert torch.equal(rows, expected)
 
 
 def test_native_runs_for_float32_on_cpu_and_tiles_otherwise(monkeypatch):

@@ -34,6 +34,7 @@ from genrec.ops.attention.validation import validate
 
 ENABLED = os.environ.get("GENREC_NATIVE_ATTENTION", "1") != "0"  # off: cpu.py's tiles run
 THRESHOLD_COUNT = 192  # bucket edges up to 2**63 (bucket 145) and some room
+BUCKET_SLACK = 64  # zero bytes after the time buckets (the kernel reads whole vectors)
 
 _VP, _I64, _F32, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
 _SIGNATURES = {
@@ -83,7 +84,7 @@ class Layout:
     offsets: torch.Tensor  # [B+1] int64
     square_offsets: torch.Tensor  # [B+1] int64: Σ n_b² before sequence b
     first_candidate: torch.Tensor | None  # [B] int64: n_b − c_b
-    buckets: torch.Tensor | None  # [Σ n_b²] uint8, allowed pairs only
+    buckets: torch.Tensor | None  # [Σ n_b² + BUCKET_SLACK] uint8, 0 where not allowed
 
 
 def _layout(seq_offsets, num_candidates, timestamps, query_timestamps, *, causal: bool,
@@ -95,7 +96,9 @@ def _layout(seq_offsets, num_candidates, timestamps, query_timestamps, *, causal
     first = None if num_candidates is None else (lengths - num_candidates.long()).contiguous()
     buckets = None
     if num_buckets:
-        buckets = torch.empty(int(squares[-1]), dtype=torch.uint8)
+        # the kernel reads whole vectors of a row's buckets, up to 64 bytes past the last row
+        buckets = torch.empty(int(squares[-1]) + BUCKET_SLACK, dtype=torch.uint8)
+        buckets[-BUCKET_SLACK:] = 0
         edges = _thresholds()
         ts, qts = timestamps.long().contiguous(), query_timestamps.long().contiguous()
         library().genrec_hstu_time_buckets(

@@ -30,6 +30,11 @@
 // Products use GCC/Clang vector extensions: 16 lanes where the compiler targets AVX-512,
 // 8 elsewhere. Built and loaded by genrec.ops.native (plain C ABI, no torch headers).
 
+// GCC would turn the short copy and zero loops below back into memcpy / memset calls
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-tree-loop-distribute-patterns")
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -40,25 +45,62 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
+// MR * NVMAX accumulators and a few operands fit the 32 (16 without AVX-512) vector registers
 #if defined(__AVX512F__)
 constexpr int VL = 16;     // floats per vector
-constexpr int NVMAX = 4;   // vectors of one output row a product keeps in registers
+constexpr int NVMAX = 2;   // vectors of one output row a product keeps in registers
+constexpr int MR = 8;      // query rows per block
 #else
 constexpr int VL = 8;
 constexpr int NVMAX = 2;
+constexpr int MR = 4;
 #endif
-constexpr int MR = 4;      // query rows per block
 
 typedef float vf __attribute__((vector_size(VL * 4)));
 typedef float vfu __attribute__((vector_size(VL * 4), aligned(4)));
+typedef int32_t vi __attribute__((vector_size(VL * 4)));
 
 inline vf load(const float* p) { return *reinterpret_cast<const vfu*>(p); }
 inline void store(float* p, vf x) { *reinterpret_cast<vfu*>(p) = x; }
-inline vf splat(float s) { return vf{} + s; }
+// s - 0 is s for every float (0 + s is not, for s = -0), so this folds to one broadcast
+inline vf splat(float s) { return s - vf{}; }
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// lanes [j0, j0 + VL) of a row that lie before `end`, as a lane mask
+inline vi lanes_before(int64_t j0, int64_t end) {
+  vi lane;
+  for (int l = 0; l < VL; ++l) lane[l] = l;
+  return lane < static_cast<int32_t>(std::min<int64_t>(end - j0, VL));
+}
+
+// table[idx[l]] for the VL bytes at idx (all of them readable and < the table's size)
+inline vf gather(const float* table, const uint8_t* idx) {
+#if defined(__AVX512F__)
+  const __m512i at = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx)));
+  return reinterpret_cast<vf>(_mm512_i32gather_ps(at, table, 4));
+#elif defined(__AVX2__)
+  const __m256i at = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(idx)));
+  return reinterpret_cast<vf>(_mm256_i32gather_ps(table, at, 4));
+#else
+  vf out;
+  for (int l = 0; l < VL; ++l) out[l] = table[idx[l]];
+  return out;
+#endif
+}
+
+// Small copies and fills as plain loops: a libc call per 100-byte row costs more than the copy.
+inline void copy_floats(float* __restrict dst, const float* __restrict src, int64_t count) {
+  for (int64_t c = 0; c < count; ++c) dst[c] = src[c];
+}
+inline void zero_floats(float* dst, int64_t count) {
+  for (int64_t c = 0; c < count; ++c) dst[c] = 0.0f;
+}
 
 // exp(x) for x in float range: 2^n * e^r with |r| <= ln2 / 2 and a degree-6 polynomial
 // (relative error ~2e-7); written so that compilers vectorise the loops that call it.
@@ -82,6 +124,27 @@ inline float exp_approx(float x) {
 }
 
 inline float sigmoid(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
+
+// exp_approx and sigmoid on a vector, the same operations in the same order
+inline vf exp_approx(vf x) {
+  const vf lo = splat(-87.0f), hi = splat(88.0f), shift = splat(12582912.0f);
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  vf n = (x * 1.44269504088896341f + shift) - shift;
+  vf r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  vf p = splat(1.0f / 720);
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
+  return p * reinterpret_cast<vf>(bits);
+}
+
+inline vf sigmoid(vf x) { return 1.0f / (1.0f + exp_approx(-x)); }
 
 // C[r][c] = sum_k A[r][k] * Bt[k][c] for r < MR, c < ncols (a multiple of VL).
 void product_nt(const float* A, int64_t lda, const float* Bt, int64_t ldb, int64_t K,
@@ -135,10 +198,6 @@ void product_nn(const float* P, int64_t ldp, int64_t K, const float* B, int64_t 
     switch (std::min<int64_t>(NVMAX, (width - c) / VL)) {
       case 1: product_nn_part<1>(P, ldp, K, B + c, ldb, out + c, ldo, scale); break;
       case 2: product_nn_part<2>(P, ldp, K, B + c, ldb, out + c, ldo, scale); break;
-#if defined(__AVX512F__)
-      case 3: product_nn_part<3>(P, ldp, K, B + c, ldb, out + c, ldo, scale); break;
-      case 4: product_nn_part<4>(P, ldp, K, B + c, ldb, out + c, ldo, scale); break;
-#endif
       default: break;
     }
   }
@@ -168,10 +227,6 @@ void update_tn(const float* W, int64_t ldw, int64_t J, const float* X, int64_t l
     switch (std::min<int64_t>(NVMAX, (width - c) / VL)) {
       case 1: update_tn_part<1>(W, ldw, J, X + c, ldx, D + c, ldd); break;
       case 2: update_tn_part<2>(W, ldw, J, X + c, ldx, D + c, ldd); break;
-#if defined(__AVX512F__)
-      case 3: update_tn_part<3>(W, ldw, J, X + c, ldx, D + c, ldd); break;
-      case 4: update_tn_part<4>(W, ldw, J, X + c, ldx, D + c, ldd); break;
-#endif
       default: break;
     }
   }
@@ -224,10 +279,10 @@ void copy_rows(const float* src, int64_t stride, int64_t n, int64_t d, float* ds
   for (int64_t i = 0; i < rows; ++i) {
     float* out = dst + i * ld;
     if (i < n) {
-      std::memcpy(out, src + i * stride, d * sizeof(float));
-      std::fill(out + d, out + ld, 0.0f);
+      copy_floats(out, src + i * stride, d);
+      zero_floats(out + d, ld - d);
     } else {
-      std::fill(out, out + ld, 0.0f);
+      zero_floats(out, ld);
     }
   }
 }
@@ -237,8 +292,8 @@ void copy_rows(const float* src, int64_t stride, int64_t n, int64_t d, float* ds
 // then transposed from there.
 void copy_transposed(const float* src, int64_t stride, int64_t n, int64_t d, float* dst,
                      int64_t ld, float* rows) {
-  for (int64_t i = 0; i < n; ++i) std::memcpy(rows + i * d, src + i * stride, d * sizeof(float));
-  std::fill(dst, dst + d * ld, 0.0f);
+  for (int64_t i = 0; i < n; ++i) copy_floats(rows + i * d, src + i * stride, d);
+  zero_floats(dst, d * ld);
   for (int64_t i0 = 0; i0 < n; i0 += 16) {
     const int64_t i1 = std::min(n, i0 + 16);
     for (int64_t c = 0; c < d; ++c)
@@ -248,11 +303,19 @@ void copy_transposed(const float* src, int64_t stride, int64_t n, int64_t d, flo
 
 // -- the two functions, as row policies ----------------------------------------------------------
 //
-// forward_row(b, i, n, end, cand, pair, row, saved): row [end) holds q_i . k_j on entry and the
-//   weights on exit (zero where not allowed); saved (or null) receives the row's saved values.
-// backward_row(b, i, n, end, cand, pair, saved, prow, drow, partial): prow holds dP on entry and
-//   the weights on exit, drow receives dS (both zero where not allowed).
+// forward_row(b, i, n, end, width, cand, pair, row, saved): row [width) holds q_i . k_j on
+//   entry and the weights on exit (zero where not allowed, and past end up to width, a multiple
+//   of VL); saved (or null) receives the row's saved values.
+// backward_row(b, i, n, end, width, cand, pair, saved, prow, drow, partial): prow [width) holds
+//   dP on entry and the weights on exit, drow receives dS (both zero where not allowed and past
+//   end); `saved` is the forward's saved row, or q_i . k_j again for a policy that recomputes.
 // `pair` is the index of (i, j = 0) among the task's pairs (for per-pair draws).
+
+// zero the entries of a candidate row i (M-FALCON) in [cand, end) other than the diagonal
+inline void mask_candidates(int64_t i, int64_t end, int64_t cand, float* row) {
+  for (int64_t j = cand; j < end; ++j)
+    if (j != i) row[j] = 0.0f;
+}
 
 struct Hstu {
   float alpha, inv_n;
@@ -261,7 +324,7 @@ struct Hstu {
   int64_t pos_size;
   const float* time;  // [num_buckets] or null
   int64_t num_buckets;
-  const uint8_t* buckets;  // per allowed pair, at square_offsets
+  const uint8_t* buckets;  // per pair at square_offsets (0 where not allowed), VL bytes of slack
   const int64_t* square_offsets;
   int64_t pos_part, time_part;  // gradient partial sizes (0: not asked for)
   // the backward recomputes the logits (Q K^T and the bias) instead of reading saved ones
@@ -269,65 +332,79 @@ struct Hstu {
 
   int64_t partial_size() const { return pos_part + time_part; }
 
-  // logits of row i for keys j < end, in place (s holds alpha-less Q K^T on entry)
-  void logits(int64_t b, int64_t i, int64_t n, int64_t end, float* __restrict s) const {
+  // where row i's bias comes from: pos[base + j] (clamped unless `direct`), time[bk[j]]
+  struct Bias {
+    int64_t base;
+    bool direct;  // base + j in the table for every j < width: plain vector loads
+    const uint8_t* bk;
+  };
+
+  Bias bias_of(int64_t b, int64_t i, int64_t n, int64_t width) const {
+    const int64_t base = max_seq_len - 1 - i;  // index of j = 0
+    return {base, base >= 0 && base + width - 1 < pos_size,
+            time != nullptr ? buckets + square_offsets[b] + i * n : nullptr};
+  }
+
+  // the logits of keys [j0, j0 + VL) from their alpha-less q . k
+  vf logits(const Bias& bias, int64_t j0, vf qk) const {
+    vf s = alpha * qk;
     if (pos != nullptr) {
-      const int64_t base = max_seq_len - 1 - i;  // index of j = 0
-      if (base >= 0 && base + end - 1 < pos_size) {
-        const float* __restrict table = pos + base;
-#pragma omp simd
-        for (int64_t j = 0; j < end; ++j) s[j] = alpha * s[j] + table[j];
+      vf table;
+      if (bias.direct) {
+        table = load(pos + bias.base + j0);
       } else {
-        for (int64_t j = 0; j < end; ++j)
-          s[j] = alpha * s[j] + pos[std::min(std::max<int64_t>(base + j, 0), pos_size - 1)];
+        for (int l = 0; l < VL; ++l)
+          table[l] = pos[std::min(std::max<int64_t>(bias.base + j0 + l, 0), pos_size - 1)];
       }
-    } else {
-#pragma omp simd
-      for (int64_t j = 0; j < end; ++j) s[j] *= alpha;
+      s = alpha * qk + table;
     }
-    if (time != nullptr) {
-      const uint8_t* __restrict bk = buckets + square_offsets[b] + i * n;
-      const float* __restrict table = time;
-#pragma omp simd
-      for (int64_t j = 0; j < end; ++j) s[j] += table[bk[j]];
-    }
+    if (time != nullptr) s += gather(time, bias.bk + j0);
+    return s;
   }
 
-  void forward_row(int64_t b, int64_t i, int64_t n, int64_t end, int64_t cand, int64_t,
-                   float* __restrict row, float*) const {
-    logits(b, i, n, end, row);
-#pragma omp simd
-    for (int64_t j = 0; j < end; ++j) row[j] = row[j] * sigmoid(row[j]) * inv_n;
-    for (int64_t j = cand; j < end; ++j)
-      if (j != i) row[j] = 0.0f;
+  void forward_row(int64_t b, int64_t i, int64_t n, int64_t end, int64_t width, int64_t cand,
+                   int64_t, float* __restrict row, float*) const {
+    const Bias bias = bias_of(b, i, n, width);
+    for (int64_t j0 = 0; j0 < width; j0 += VL) {
+      const vf s = logits(bias, j0, load(row + j0));
+      const vf y = s * sigmoid(s) * inv_n;
+      store(row + j0, j0 + VL <= end ? y : lanes_before(j0, end) ? y : vf{});
+    }
+    mask_candidates(i, end, cand, row);
   }
 
-  void backward_row(int64_t b, int64_t i, int64_t n, int64_t end, int64_t cand, int64_t,
-                    const float* __restrict s, float* __restrict prow, float* __restrict drow,
-                    float* partial) const {
-#pragma omp simd
-    for (int64_t j = 0; j < end; ++j) {
-      const float sig = sigmoid(s[j]);
-      drow[j] = prow[j] * sig * (1.0f + s[j] * (1.0f - sig)) * inv_n;
-      prow[j] = s[j] * sig * inv_n;
+  void backward_row(int64_t b, int64_t i, int64_t n, int64_t end, int64_t width, int64_t cand,
+                    int64_t, const float* __restrict qk, float* __restrict prow,
+                    float* __restrict drow, float* partial) const {
+    const Bias bias = bias_of(b, i, n, width);
+    for (int64_t j0 = 0; j0 < width; j0 += VL) {
+      const vf s = logits(bias, j0, load(qk + j0));
+      const vf sig = sigmoid(s);
+      vf ds = load(prow + j0) * sig * (1.0f + s * (1.0f - sig)) * inv_n;
+      vf weight = s * sig * inv_n;
+      if (j0 + VL > end) {
+        const vi keep = lanes_before(j0, end);
+        ds = keep ? ds : vf{};
+        weight = keep ? weight : vf{};
+      }
+      store(drow + j0, ds);
+      store(prow + j0, weight);
     }
-    for (int64_t j = cand; j < end; ++j)
-      if (j != i) prow[j] = drow[j] = 0.0f;
+    mask_candidates(i, end, cand, prow);
+    mask_candidates(i, end, cand, drow);
     if (pos_part) {
-      const int64_t base = max_seq_len - 1 - i;
-      if (base >= 0 && base + end - 1 < pos_size) {
-        float* __restrict table = partial + base;
-#pragma omp simd
-        for (int64_t j = 0; j < end; ++j) table[j] += drow[j];
+      if (bias.direct) {
+        float* table = partial + bias.base;
+        for (int64_t j0 = 0; j0 < width; j0 += VL)
+          store(table + j0, load(table + j0) + load(drow + j0));
       } else {
         for (int64_t j = 0; j < end; ++j)
-          partial[std::min(std::max<int64_t>(base + j, 0), pos_size - 1)] += drow[j];
+          partial[std::min(std::max<int64_t>(bias.base + j, 0), pos_size - 1)] += drow[j];
       }
     }
     if (time_part) {
       float* sums = partial + pos_part;  // 4 interleaved sums per bucket
-      const uint8_t* bk = buckets + square_offsets[b] + i * n;
-      for (int64_t j = 0; j < end; ++j) sums[4 * bk[j] + (j & 3)] += drow[j];
+      for (int64_t j = 0; j < end; ++j) sums[4 * bias.bk[j] + (j & 3)] += drow[j];
     }
   }
 };
@@ -363,8 +440,8 @@ struct Softmax {
                                                                         : 0.0f;
   }
 
-  void forward_row(int64_t, int64_t i, int64_t, int64_t end, int64_t cand, int64_t pair,
-                   float* __restrict row, float* __restrict saved) const {
+  void forward_row(int64_t, int64_t i, int64_t, int64_t end, int64_t width, int64_t cand,
+                   int64_t pair, float* __restrict row, float* __restrict saved) const {
     float top = -INFINITY;
     for (int64_t j = 0; j < end; ++j) {
       row[j] *= alpha;
@@ -372,19 +449,19 @@ struct Softmax {
     }
 #pragma omp simd
     for (int64_t j = 0; j < end; ++j) row[j] = exp_approx(row[j] - top);
-    for (int64_t j = cand; j < end; ++j)
-      if (j != i) row[j] = 0.0f;
+    mask_candidates(i, end, cand, row);
     float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
     for (int64_t j = 0; j < end; ++j) sum += row[j];
     const float inv = 1.0f / sum;
 #pragma omp simd
     for (int64_t j = 0; j < end; ++j) row[j] *= inv;
-    if (saved != nullptr) std::memcpy(saved, row, end * sizeof(float));
+    if (saved != nullptr) copy_floats(saved, row, end);
     dropout(pair, end, row, row);
+    zero_floats(row + end, width - end);
   }
 
-  void backward_row(int64_t, int64_t, int64_t, int64_t end, int64_t, int64_t pair,
+  void backward_row(int64_t, int64_t, int64_t, int64_t end, int64_t width, int64_t, int64_t pair,
                     const float* __restrict p, float* __restrict prow, float* __restrict drow,
                     float*) const {
     // with p~ = p * keep * keep_scale and D = sum_j p~_j dP~_j (= rowsum(dO * O)):
@@ -399,6 +476,8 @@ struct Softmax {
       drow[j] = p_dropped * prow[j] - p[j] * row_term;
       prow[j] = p_dropped;
     }
+    zero_floats(prow + end, width - end);
+    zero_floats(drow + end, width - end);
   }
 };
 
@@ -454,17 +533,16 @@ void forward_tasks(const Problem& p, const Policy& policy, const float* q, int64
           const int64_t i = i0 + r;
           float* row = s + r * cols;
           if (i >= n) {
-            std::fill(row, row + width, 0.0f);
+            zero_floats(row, width);
             continue;
           }
           const int64_t end = p.key_end(i, n);
-          policy.forward_row(b, i, n, end, candidate_start(p, b, i, end), pairs + i * n, row,
-                             saved == nullptr ? nullptr : saved + pairs + i * n);
-          std::fill(row + end, row + width, 0.0f);
+          policy.forward_row(b, i, n, end, width, candidate_start(p, b, i, end), pairs + i * n,
+                             row, saved == nullptr ? nullptr : saved + pairs + i * n);
         }
         product_nn(s, cols, block_end, vs, wv, wv, acc, wv, 1.0f);
         for (int r = 0; r < MR && i0 + r < n; ++r)
-          std::memcpy(out + ((o + i0 + r) * heads + h) * dv, acc + r * wv, dv * sizeof(float));
+          copy_floats(out + ((o + i0 + r) * heads + h) * dv, acc + r * wv, dv);
       }
     }
   }
@@ -493,7 +571,7 @@ void backward_tasks(const Problem& p, const Policy& policy, const float* grad_ou
       const int64_t task = order[t], b = task / heads, h = task % heads;
       const int64_t o = p.offsets[b], n = p.length(b);
       float* my_partial = partial + task * part;
-      std::fill(my_partial, my_partial + part, 0.0f);
+      zero_floats(my_partial, part);
       if (n == 0) continue;
       const int64_t rows = round_up(n, MR), cols = round_up(n, VL);
       float* qs = scratch(q_buf, rows * wq);
@@ -518,8 +596,8 @@ void backward_tasks(const Problem& p, const Policy& policy, const float* grad_ou
         for (int64_t c = 0; c < dqk; ++c)
           for (int64_t j = 0; j < cols; ++j) kt[c * cols + j] = ks[j * wq + c];
       }
-      std::fill(dks, dks + cols * wq, 0.0f);
-      std::fill(dvs, dvs + cols * wv, 0.0f);
+      zero_floats(dks, cols * wq);
+      zero_floats(dvs, cols * wv);
       const int64_t pairs = p.pairs(b, h);
       for (int64_t i0 = 0; i0 < n; i0 += MR) {
         const int64_t block_end = p.causal ? std::min(n, i0 + MR) : n;
@@ -532,34 +610,26 @@ void backward_tasks(const Problem& p, const Policy& policy, const float* grad_ou
           float* prow = pr + r * cols;
           float* drow = ds + r * cols;
           if (i >= n) {
-            std::fill(prow, prow + width, 0.0f);
-            std::fill(drow, drow + width, 0.0f);
+            zero_floats(prow, width);
+            zero_floats(drow, width);
             continue;
           }
           const int64_t end = p.key_end(i, n);
-          const float* row_saved = nullptr;
-          if constexpr (!Policy::recompute) {
-            row_saved = saved + pairs + i * n;
-          } else {
-            float* row = block_logits + r * cols;
-            policy.logits(b, i, n, end, row);
-            row_saved = row;
-          }
-          policy.backward_row(b, i, n, end, candidate_start(p, b, i, end), pairs + i * n,
-                              row_saved, prow, drow, my_partial);
-          std::fill(prow + end, prow + width, 0.0f);
-          std::fill(drow + end, drow + width, 0.0f);
+          const float* row_saved =
+              Policy::recompute ? block_logits + r * cols : saved + pairs + i * n;
+          policy.backward_row(b, i, n, end, width, candidate_start(p, b, i, end),
+                              pairs + i * n, row_saved, prow, drow, my_partial);
         }
         product_nn(ds, cols, block_end, ks, wq, wq, acc, wq, p.alpha);  // dQ rows
         for (int r = 0; r < MR && i0 + r < n; ++r)
-          std::memcpy(dq + ((o + i0 + r) * heads + h) * dqk, acc + r * wq, dqk * sizeof(float));
+          copy_floats(dq + ((o + i0 + r) * heads + h) * dqk, acc + r * wq, dqk);
         update_tn(ds, cols, block_end, qs + i0 * wq, wq, wq, dks, wq);  // dK += dS^T Q
         update_tn(pr, cols, block_end, gs + i0 * wv, wv, wv, dvs, wv);  // dV += P^T dO
       }
       for (int64_t j = 0; j < n; ++j) {
         float* dk_row = dk + ((o + j) * heads + h) * dqk;
         for (int64_t c = 0; c < dqk; ++c) dk_row[c] = p.alpha * dks[j * wq + c];
-        std::memcpy(dv_out + ((o + j) * heads + h) * dv, dvs + j * wv, dv * sizeof(float));
+        copy_floats(dv_out + ((o + j) * heads + h) * dv, dvs + j * wv, dv);
       }
     }
   }
@@ -569,7 +639,8 @@ void backward_tasks(const Problem& p, const Policy& policy, const float* grad_ou
 
 extern "C" {
 
-// Time bucket of every allowed pair: bucket(qts_i - ts_j) of reference.time_buckets, i.e. the
+// Time bucket of every allowed pair (0 for the others), row i of sequence b at
+// square_offsets[b] + i * n: bucket(qts_i - ts_j) of reference.time_buckets, i.e. the
 // largest k < num_thresholds with thresholds[k] <= g = max(|gap|, 1), clamped to
 // num_buckets - 1. The float's exponent and mantissa give log2(g) from below, within 0.0861
 // (log2(1 + f) - f <= 0.0861 on [0, 1]), so guess = floor((estimate - 1e-4) * ln 2 / 0.301)
@@ -601,6 +672,7 @@ void genrec_hstu_time_buckets(const int64_t* ts, const int64_t* qts, const int64
         k += thresholds[k + 1] <= gap;
         row[j] = static_cast<uint8_t>(std::min(k, num_buckets - 1));
       }
+      std::fill(row + end, row + n, uint8_t{0});  // read (and masked) by whole-vector loads
     }
   }
 }
