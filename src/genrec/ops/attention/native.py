@@ -2,15 +2,15 @@
 
 The same function as ``hstu_attention_reference`` and the length-grouped CPU path
 (``cpu.py``), which it replaces for float32 CPU tensors when ``genrec.ops.native`` can build
-its library: one task per (sequence, head) on the OpenMP threads; per block of 4 query rows,
-Q Kᵀ, the bias, mask and SiLU, and P V without leaving the cache; nothing padded, no n × n
-buffer, and q, k, v read in place at their row strides (the model's q, k, v are views of one
-projection).
+its library: one task per (sequence, head) on the OpenMP threads; per block of 8 query rows
+(4 without AVX-512), Q Kᵀ, the bias, mask and SiLU in whole vectors, and P V without leaving
+the cache; nothing padded, no n × n buffer, and q, k, v read in place at their row strides
+(the model's q, k, v are views of one projection).
 
 The backward recomputes each block's logits (as fast as reading saved ones back from memory,
 and HSTU-large's peak RSS 1.15–1.22 → 0.91–1.0 GB) and produces dQ row-block by row-block
-and dK, dV as rank-4 updates; the tables' gradients are summed per task, then in task order,
-so results do not depend on the thread count. Time buckets, one byte per allowed pair, are
+and dK, dV as rank-8 (rank-4) updates; the tables' gradients are summed per task, then in
+task order, so results do not depend on the thread count. Time buckets, one byte per allowed pair, are
 computed once per batch with exact integer comparisons (``reference.bucket_thresholds``) and
 shared by a model's layers and the backward.
 

@@ -22,13 +22,14 @@
 //
 // HSTU's bias-table gradients are summed per task into [tasks, table] partials, then over
 // tasks in task order: results do not depend on the thread count or on which thread ran which
-// task. Its time buckets (one byte per allowed pair; every bucket is <= 145) are computed once
-// per batch by exact integer comparison with the edges of reference.bucket_thresholds. The
-// softmax's dropout keeps pair (task, i, j) when SplitMix64(seed + its index) >= p * 2^64, so
+// task. Its time buckets (one byte per pair, 0 where not allowed; every bucket is <= 145) are
+// computed once per batch by exact integer comparison with the edges of
+// reference.bucket_thresholds. The softmax's dropout keeps pair (task, i, j) when SplitMix64(seed + its index) >= p * 2^64, so
 // the backward draws the same mask again and no mask is stored.
 //
-// Products use GCC/Clang vector extensions: 16 lanes where the compiler targets AVX-512,
-// 8 elsewhere. Built and loaded by genrec.ops.native (plain C ABI, no torch headers).
+// Products and HSTU's rows use GCC/Clang vector extensions: 16 lanes where the compiler
+// targets AVX-512 (MR = 8), 8 elsewhere (MR = 4); a row runs in whole vectors up to its block's
+// padded width, with the keys past its end masked to 0. Built and loaded by genrec.ops.native (plain C ABI, no torch headers).
 
 // GCC would turn the short copy and zero loops below back into memcpy / memset calls
 #if defined(__GNUC__) && !defined(__clang__)
