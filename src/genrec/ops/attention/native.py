@@ -10,9 +10,9 @@ the cache; nothing padded, no n × n buffer, and q, k, v read in place at their 
 The backward recomputes each block's logits (as fast as reading saved ones back from memory,
 and HSTU-large's peak RSS 1.15–1.22 → 0.91–1.0 GB) and produces dQ row-block by row-block
 and dK, dV as rank-8 (rank-4) updates; the tables' gradients are summed per task, then in
-task order, so results do not depend on the thread count. Time buckets, one byte per allowed pair, are
-computed once per batch with exact integer comparisons (``reference.bucket_thresholds``) and
-shared by a model's layers and the backward.
+task order, so results do not depend on the thread count. Time buckets, one byte per pair
+(0 where not allowed), are computed once per batch with exact integer comparisons
+(``reference.bucket_thresholds``) and shared by a model's layers and the backward.
 
 Both passes are custom ops opaque to torch.compile. With other dtypes or devices, no compiler,
 ``GENREC_NATIVE=0`` or ``GENREC_NATIVE_ATTENTION=0``, ``cpu.py``'s tiles run. Tests hold
