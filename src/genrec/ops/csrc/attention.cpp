@@ -103,46 +103,43 @@ inline void zero_floats(float* dst, int64_t count) {
   for (int64_t c = 0; c < count; ++c) dst[c] = 0.0f;
 }
 
-// exp(x) for x in float range: 2^n * e^r with |r| <= ln2 / 2 and a degree-6 polynomial
-// (relative error ~2e-7); written so that compilers vectorise the loops that call it.
-inline float exp_approx(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
-  const float shift = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  float n = (x * 1.44269504088896341f + shift) - shift;
-  float r = x - n * 0.693359375f;
+// e^x / 2^n for x = n ln2 + r (n integral, |r| <= ln2 / 2); T is float or vf
+template <typename T>
+inline T exp_reduced(T x, T n) {
+  T r = x - n * 0.693359375f;
   r = r + n * 2.12194440e-4f;
-  float p = 1.0f / 720;
+  T p = T{} + 1.0f / 720;
   p = p * r + 1.0f / 120;
   p = p * r + 1.0f / 24;
   p = p * r + 1.0f / 6;
   p = p * r + 0.5f;
   p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  return p * r + 1.0f;
+}
+
+constexpr float ROUNDING_SHIFT = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+
+// exp(x) for x in float range: 2^n * e^r with |r| <= ln2 / 2 and a degree-6 polynomial
+// (relative error ~2e-7); written so that compilers vectorise the loops that call it.
+inline float exp_approx(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float n = (x * 1.44269504088896341f + ROUNDING_SHIFT) - ROUNDING_SHIFT;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
+  return exp_reduced(x, n) * scale;
 }
 
 inline float sigmoid(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
 
 // exp_approx and sigmoid on a vector, the same operations in the same order
 inline vf exp_approx(vf x) {
-  const vf lo = splat(-87.0f), hi = splat(88.0f), shift = splat(12582912.0f);
+  const vf lo = splat(-87.0f), hi = splat(88.0f), shift = splat(ROUNDING_SHIFT);
   x = x < lo ? lo : x;
   x = x > hi ? hi : x;
-  vf n = (x * 1.44269504088896341f + shift) - shift;
-  vf r = x - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  vf p = splat(1.0f / 720);
-  p = p * r + 1.0f / 120;
-  p = p * r + 1.0f / 24;
-  p = p * r + 1.0f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
+  const vf n = (x * 1.44269504088896341f + shift) - shift;
   const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
-  return p * reinterpret_cast<vf>(bits);
+  return exp_reduced(x, n) * reinterpret_cast<vf>(bits);
 }
 
 inline vf sigmoid(vf x) { return 1.0f / (1.0f + exp_approx(-x)); }
