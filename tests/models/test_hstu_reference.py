@@ -178,3 +178,18 @@ def test_layer_time_bias_uses_hand_computed_buckets_of_query_time_gaps():
     av = layer.attend(zeros, zeros, torch.ones_like(zeros), attention_context(cfg, batch))
     expected = torch.tensor([b * 0.1 for _, b in HAND_BUCKETS], dtype=torch.float64)
     torch.testing.assert_close(av.flatten(), torch.nn.functional.silu(expected) / 11)
+
+
+def test_fp32_inference_path_matches_float64_loop_reference():
+    """Evaluation's path: fp32, no gradients, so the native dense and attention kernels run."""
+    model = HSTU(small_config(), num_items=40).eval()
+    randomise(model)
+    batch = random_batch([5, 1, 7, 10], seed=4)
+    with torch.inference_mode():
+        out = model(batch)
+        last = model.last_vectors(batch)
+    ref = ref_model(model.double(), batch, norm_of=lambda n: 11)
+    assert out.dtype == torch.float32
+    assert float((out.double() - ref).norm() / ref.norm()) < 1e-5
+    ref_last = ref[batch.last_positions()]
+    assert float((last.double() - ref_last).norm() / ref_last.norm()) < 1e-5

@@ -31,6 +31,7 @@ from genrec.data.batching import JaggedBatch
 from genrec.models.base import LayerKV, SequentialRetrievalModel
 from genrec.models.embeddings import InputEmbedding, l2_normalise, padded_length
 from genrec.ops import hstu_attention, hstu_attention_last
+from genrec.ops.dense import layer_norm_gate_linear, layer_norm_linear_silu
 from genrec.ops.dropout import Dropout
 
 LAYER_NORM_EPS = 1e-6
@@ -99,9 +100,9 @@ class HSTULayer(nn.Module):
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """U [T, H·dv], Q [T, H, dqk], K [T, H, dqk], V [T, H, dv] from X [T, d]."""
-        x = F.layer_norm(x, x.shape[-1:], eps=LAYER_NORM_EPS)
         hv, hqk = self.num_heads * self.dv, self.num_heads * self.dqk
-        u, v, q, k = torch.split(F.silu(self.uvqk(x)), [hv, hv, hqk, hqk], dim=-1)
+        uvqk = layer_norm_linear_silu(x, self.uvqk.weight, LAYER_NORM_EPS)
+        u, v, q, k = torch.split(uvqk, [hv, hv, hqk, hqk], dim=-1)
         heads = self.num_heads
         return (u, q.reshape(-1, heads, self.dqk), k.reshape(-1, heads, self.dqk),
                 v.reshape(-1, heads, self.dv))
@@ -123,8 +124,11 @@ class HSTULayer(nn.Module):
     def output(self, x: torch.Tensor, u: torch.Tensor, av: torch.Tensor) -> torch.Tensor:
         """X + Linear_2(Dropout(LayerNorm(AV) ⊙ U)); the norm spans all heads' dv together."""
         av = av.reshape(av.shape[0], -1)  # [T, H·dv]
-        y = F.layer_norm(av, av.shape[-1:], eps=LAYER_NORM_EPS) * u
-        return x + self.output_proj(self.dropout(y))
+        if self.training and self.dropout.p > 0:
+            y = F.layer_norm(av, av.shape[-1:], eps=LAYER_NORM_EPS) * u
+            return x + self.output_proj(self.dropout(y))
+        return layer_norm_gate_linear(av, u, self.output_proj.weight, self.output_proj.bias, x,
+                                      eps=LAYER_NORM_EPS)
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         """X [T, d] -> X [T, d]."""
@@ -134,16 +138,22 @@ class HSTULayer(nn.Module):
     def forward_last(self, x: torch.Tensor, ctx: AttentionContext,
                      last: torch.Tensor) -> torch.Tensor:
         """``forward(x, ctx)[last]`` [B, d] for the last token of each sequence (``last`` [B]):
-        keys and values of every token, attention for the last queries only."""
-        u, q, k, v = self.project(x)
+        keys and values of every token, queries and attention for the last tokens only."""
+        hv, hqk, heads = self.num_heads * self.dv, self.num_heads * self.dqk, self.num_heads
+        w_u, w_v, w_q, w_k = torch.split(self.uvqk.weight, [hv, hv, hqk, hqk])
+        u, q = torch.split(layer_norm_linear_silu(x[last], torch.cat([w_u, w_q]), LAYER_NORM_EPS),
+                           [hv, hqk], dim=-1)  # [B, H·dv], [B, H·dqk]
+        v, k = torch.split(layer_norm_linear_silu(x, torch.cat([w_v, w_k]), LAYER_NORM_EPS),
+                           [hv, hqk], dim=-1)  # [T, H·dv], [T, H·dqk]
         av = hstu_attention_last(
-            q[last], k, v, ctx.seq_offsets, self.normaliser, alpha=1.0,
+            q.reshape(-1, heads, self.dqk), k.reshape(-1, heads, self.dqk),
+            v.reshape(-1, heads, self.dv), ctx.seq_offsets, self.normaliser, alpha=1.0,
             pos_weights=self.pos_weights, time_weights=self.time_weights,
             timestamps=ctx.timestamps, query_timestamps=ctx.query_timestamps,
         )  # [B, H, dv]
         if ctx.row_scale is not None:
             av = av * ctx.row_scale[last].to(av.dtype)[:, None, None]
-        return self.output(x[last], u[last], av)
+        return self.output(x[last], u, av)
 
 
 class HSTU(SequentialRetrievalModel):

@@ -9,8 +9,11 @@
 //   softmax  p_i = softmax over allowed j of alpha * q_i . k_j;  out_i = sum_j p~_ij v_j,
 //            p~ = p * keep / (1 - dropout), keep drawn per pair from a counter-based hash
 //
-// One task is one (sequence, head). A task walks its query rows in blocks of MR rows and keeps
-// everything else in O(n * d) scratch: per block, S = Q K^T is one register-blocked product,
+// A backward task is one (sequence, head); a forward task is all heads of one sequence, one
+// after the other, when there are sequences enough for the threads (a token's Q, K, V rows of
+// all heads are adjacent, so one thread reads them from memory once), else one head. A head
+// walks its query rows in blocks of MR rows and keeps everything else in O(n * d) scratch: per
+// block, S = Q K^T is one register-blocked product,
 // the row policy (HSTU: bias, mask, SiLU; softmax: mask, softmax, dropout) turns it into the
 // weights in place, and P V is a second product. Nothing n x n is written except, for the
 // softmax in training, p (one float per allowed pair) for the backward; HSTU's backward
@@ -130,9 +133,7 @@ inline float exp_approx(float x) {
   return exp_reduced(x, n) * scale;
 }
 
-inline float sigmoid(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
-
-// exp_approx and sigmoid on a vector, the same operations in the same order
+// exp_approx on a vector, the same operations in the same order
 inline vf exp_approx(vf x) {
   const vf lo = splat(-87.0f), hi = splat(88.0f), shift = splat(ROUNDING_SHIFT);
   x = x < lo ? lo : x;
@@ -142,7 +143,21 @@ inline vf exp_approx(vf x) {
   return exp_reduced(x, n) * reinterpret_cast<vf>(bits);
 }
 
-inline vf sigmoid(vf x) { return 1.0f / (1.0f + exp_approx(-x)); }
+// 1 / d from the hardware's estimate and one Newton step (relative error ~1e-7): a vector
+// division is the slowest instruction of the row policy
+inline vf reciprocal(vf d) {
+#if defined(__AVX512F__)
+  const vf r = reinterpret_cast<vf>(_mm512_rcp14_ps(reinterpret_cast<__m512>(d)));
+  return r * (2.0f - d * r);
+#elif defined(__AVX2__)
+  const vf r = reinterpret_cast<vf>(_mm256_rcp_ps(reinterpret_cast<__m256>(d)));
+  return r * (2.0f - d * r);
+#else
+  return 1.0f / d;
+#endif
+}
+
+inline vf sigmoid(vf x) { return reciprocal(1.0f + exp_approx(-x)); }
 
 // C[r][c] = sum_k A[r][k] * Bt[k][c] for r < MR, c < ncols (a multiple of VL).
 void product_nt(const float* A, int64_t lda, const float* Bt, int64_t ldb, int64_t K,
@@ -247,14 +262,23 @@ struct Problem {
   int64_t pairs(int64_t b, int64_t h) const { return heads * square_offsets[b] + h * length(b) * length(b); }
 };
 
-// Tasks (b, h), longest sequences first, for dynamic scheduling.
-std::vector<int64_t> task_order(const Problem& p) {
-  std::vector<int64_t> order(p.batch * p.heads);
+// Tasks of `group` heads of one sequence (b, h0 .. h0 + group - 1) as b * (heads / group) +
+// h0 / group, longest sequences first, for dynamic scheduling.
+std::vector<int64_t> task_order(const Problem& p, int64_t group) {
+  const int64_t per_sequence = p.heads / group;
+  std::vector<int64_t> order(p.batch * per_sequence);
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-    return p.length(a / p.heads) > p.length(b / p.heads);
+    return p.length(a / per_sequence) > p.length(b / per_sequence);
   });
   return order;
+}
+
+// Heads per forward task: all of a sequence's heads when there are sequences enough to keep
+// the threads busy, so that one thread reads a token's Q, K, V rows (adjacent across heads) from
+// memory once; else one, so that a single long sequence still spreads over the threads.
+int64_t heads_per_task(const Problem& p) {
+  return p.batch >= 4 * static_cast<int64_t>(p.threads) ? p.heads : 1;
 }
 
 // The first column a candidate row i must skip (a candidate sees only non-candidates and
@@ -498,7 +522,8 @@ template <typename Policy>
 void forward_tasks(const Problem& p, const Policy& policy, const float* q, int64_t q_stride,
                    const float* k, int64_t k_stride, const float* v, int64_t v_stride,
                    float* out, float* saved) {
-  const std::vector<int64_t> order = task_order(p);
+  const int64_t group = heads_per_task(p);
+  const std::vector<int64_t> order = task_order(p, group);
   const int64_t heads = p.heads, dqk = p.dqk, dv = p.dv, wv = round_up(dv, VL);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(p.threads)
@@ -509,38 +534,40 @@ void forward_tasks(const Problem& p, const Policy& policy, const float* q, int64
 #pragma omp for schedule(dynamic, 1)
 #endif
     for (int64_t t = 0; t < static_cast<int64_t>(order.size()); ++t) {
-      const int64_t b = order[t] / heads, h = order[t] % heads;
+      const int64_t b = order[t] / (heads / group), h0 = order[t] % (heads / group) * group;
       const int64_t o = p.offsets[b], n = p.length(b);
       if (n == 0) continue;
-      const int64_t rows = round_up(n, MR), cols = round_up(n, VL);
-      float* qs = scratch(q_buf, rows * dqk);
-      float* kt = scratch(kt_buf, dqk * cols);
-      float* vs = scratch(v_buf, cols * wv);
-      float* s = scratch(s_buf, MR * cols);
-      float* acc = scratch(o_buf, MR * wv);
-      copy_rows(q + o * q_stride + h * dqk, q_stride, n, dqk, qs, dqk, rows);
-      copy_transposed(k + o * k_stride + h * dqk, k_stride, n, dqk, kt, cols,
-                      scratch(t_buf, n * dqk));
-      copy_rows(v + o * v_stride + h * dv, v_stride, n, dv, vs, wv, cols);
-      const int64_t pairs = p.pairs(b, h);
-      for (int64_t i0 = 0; i0 < n; i0 += MR) {
-        const int64_t block_end = p.causal ? std::min(n, i0 + MR) : n;  // keys of the block
-        const int64_t width = round_up(block_end, VL);
-        product_nt(qs + i0 * dqk, dqk, kt, cols, dqk, width, s, cols);
-        for (int r = 0; r < MR; ++r) {
-          const int64_t i = i0 + r;
-          float* row = s + r * cols;
-          if (i >= n) {
-            zero_floats(row, width);
-            continue;
+      for (int64_t h = h0; h < h0 + group; ++h) {
+        const int64_t rows = round_up(n, MR), cols = round_up(n, VL);
+        float* qs = scratch(q_buf, rows * dqk);
+        float* kt = scratch(kt_buf, dqk * cols);
+        float* vs = scratch(v_buf, cols * wv);
+        float* s = scratch(s_buf, MR * cols);
+        float* acc = scratch(o_buf, MR * wv);
+        copy_rows(q + o * q_stride + h * dqk, q_stride, n, dqk, qs, dqk, rows);
+        copy_transposed(k + o * k_stride + h * dqk, k_stride, n, dqk, kt, cols,
+                        scratch(t_buf, n * dqk));
+        copy_rows(v + o * v_stride + h * dv, v_stride, n, dv, vs, wv, cols);
+        const int64_t pairs = p.pairs(b, h);
+        for (int64_t i0 = 0; i0 < n; i0 += MR) {
+          const int64_t block_end = p.causal ? std::min(n, i0 + MR) : n;  // keys of the block
+          const int64_t width = round_up(block_end, VL);
+          product_nt(qs + i0 * dqk, dqk, kt, cols, dqk, width, s, cols);
+          for (int r = 0; r < MR; ++r) {
+            const int64_t i = i0 + r;
+            float* row = s + r * cols;
+            if (i >= n) {
+              zero_floats(row, width);
+              continue;
+            }
+            const int64_t end = p.key_end(i, n);
+            policy.forward_row(b, i, n, end, width, candidate_start(p, b, i, end), pairs + i * n,
+                               row, saved == nullptr ? nullptr : saved + pairs + i * n);
           }
-          const int64_t end = p.key_end(i, n);
-          policy.forward_row(b, i, n, end, width, candidate_start(p, b, i, end), pairs + i * n,
-                             row, saved == nullptr ? nullptr : saved + pairs + i * n);
+          product_nn(s, cols, block_end, vs, wv, wv, acc, wv, 1.0f);
+          for (int r = 0; r < MR && i0 + r < n; ++r)
+            copy_floats(out + ((o + i0 + r) * heads + h) * dv, acc + r * wv, dv);
         }
-        product_nn(s, cols, block_end, vs, wv, wv, acc, wv, 1.0f);
-        for (int r = 0; r < MR && i0 + r < n; ++r)
-          copy_floats(out + ((o + i0 + r) * heads + h) * dv, acc + r * wv, dv);
       }
     }
   }
@@ -553,7 +580,7 @@ void backward_tasks(const Problem& p, const Policy& policy, const float* grad_ou
                     int64_t g_stride, const float* q, int64_t q_stride, const float* k,
                     int64_t k_stride, const float* v, int64_t v_stride, const float* saved,
                     float* dq, float* dk, float* dv_out, float* partial) {
-  const std::vector<int64_t> order = task_order(p);
+  const std::vector<int64_t> order = task_order(p, 1);
   const int64_t heads = p.heads, dqk = p.dqk, dv = p.dv;
   const int64_t wq = round_up(dqk, VL), wv = round_up(dv, VL), part = policy.partial_size();
 #ifdef _OPENMP
