@@ -1,7 +1,8 @@
 """hstu_attention_last: the full op's output at each sequence's last token, and nothing else.
 
 Forward and every gradient (q of the last tokens, k, v, both tables) against the float64
-reference restricted to the last rows: relative error below 1e-5 in fp32.
+reference restricted to the last rows: relative error below 1e-5 in fp32. Without gradients,
+fp32 on the CPU runs the native kernel's last-row function: held to the same reference.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from attention_cases import make_case, relative_error
 
 from genrec.ops import hstu_attention_last
 from genrec.ops.attention import hstu_attention_reference
+from genrec.ops.attention import native as native_attention
 
 CASES = {
     "one_token_each": dict(lengths=[1, 1, 1]),
@@ -80,3 +82,26 @@ def test_rejects_wrong_query_shape_and_empty_sequences():
     offsets = torch.tensor([0, 3, 3, 7])
     with pytest.raises(ValueError, match="empty sequence"):
         hstu_attention_last(c.q[:3], c.k, c.v, offsets, c.max_seq_len, alpha=1.0)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_native_inference_path_matches_reference_at_the_last_tokens(name, monkeypatch):
+    assert native_attention.library() is not None, "the tests need a C++ compiler"
+    calls = []
+    real = native_attention.hstu_attention_last
+    monkeypatch.setattr(native_attention, "hstu_attention_last",
+                        lambda *a: calls.append(1) or real(*a))
+    c = make_case(**CASES[name])
+    c64 = c.cast(torch.float64)
+    last = _last_rows(c)
+    kwargs = dict(alpha=c.alpha, timestamps=c.timestamps, query_timestamps=c.query_timestamps)
+    with torch.inference_mode():
+        got = hstu_attention_last(c.q[last], c.k, c.v, c.seq_offsets, c.max_seq_len,
+                                  pos_weights=c.pos_weights, time_weights=c.time_weights,
+                                  **kwargs)
+    want = hstu_attention_reference(c64.q, c64.k, c64.v, c64.seq_offsets, c64.max_seq_len,
+                                    pos_weights=c64.pos_weights, time_weights=c64.time_weights,
+                                    **kwargs)[last]
+    assert calls == [1]
+    assert got.shape == want.shape and not got.isnan().any()
+    assert relative_error(got, want) < 1e-5

@@ -7,8 +7,10 @@ dims. The last token i = n_b − 1 of sequence b sees every token of its sequenc
 
 The last layer of a retrieval model needs nothing else at evaluation and serving time (every
 key and value, but one query per user), so this costs O(T) instead of the O(Σ n_b²) of the
-full op. Plain PyTorch on a [B, L] padding: any device, float64-capable, differentiable;
-tests hold it to ``hstu_attention_reference`` on random inputs.
+full op. Plain PyTorch on a [B, L] padding: any device, float64-capable, differentiable. When
+nothing needs a gradient and the inputs are fp32 on the CPU (evaluation, serving), the native
+kernel's last-row function runs instead. Tests hold both to ``hstu_attention_reference`` on
+random inputs.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from genrec.ops.attention import native
 from genrec.ops.attention.reference import time_buckets
 from genrec.ops.attention.validation import _fail, validate
 from genrec.ops.jagged import padded_index
@@ -56,6 +59,12 @@ def hstu_attention_last(
     lengths = seq_offsets[1:] - seq_offsets[:-1]  # [B]
     if batch and int(lengths.min()) < 1:
         _fail("every sequence needs a last token: seq_offsets has an empty sequence")
+    tensors = [t for t in (q_last, k, v, pos_weights, time_weights) if t is not None]
+    if native.usable(q_last, k, v, pos_weights, time_weights) and not (
+            torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+        return native.hstu_attention_last(q_last, k, v, seq_offsets, max_seq_len, alpha,
+                                          pos_weights, time_weights, timestamps,
+                                          query_timestamps)
     index, valid = padded_index(seq_offsets, longest)  # [B, L]
     logits = alpha * torch.einsum("bhd,blhd->bhl", q_last, k[index])  # [B, H, L]
     bias = None

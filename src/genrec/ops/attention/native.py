@@ -42,6 +42,9 @@ _SIGNATURES = {
     "genrec_hstu_forward_f32": [_VP, _I64, _VP, _I64, _VP, _I64, _VP, _I64, _I64, _I64, _I64,
                                 _I64, _F32, _INT, _VP, _VP, _I64, _VP, _I64, _VP, _VP, _VP,
                                 _INT],
+    "genrec_hstu_forward_last_f32": [_VP, _I64, _VP, _I64, _VP, _I64, _VP, _I64, _I64, _I64,
+                                     _I64, _I64, _F32, _VP, _I64, _VP, _I64, _VP, _VP, _VP,
+                                     _I64, _VP, _INT],
     "genrec_hstu_backward_f32": [_VP, _I64, _VP, _I64, _VP, _I64, _VP, _I64, _VP, _I64, _I64,
                                  _I64, _I64, _I64, _F32, _INT, _VP, _VP, _I64, _VP, _I64, _VP,
                                  _VP, _VP, _VP, _VP, _VP, _VP, _VP, _INT],
@@ -273,3 +276,29 @@ def hstu_attention_native(q, k, v, seq_offsets, max_seq_len, alpha, pos_weights=
     return torch.ops.genrec.hstu_attention_native(
         q, k, v, seq_offsets, pos_weights, time_weights, timestamps, query_timestamps,
         num_candidates, int(max_seq_len), float(alpha), bool(causal))
+
+
+def hstu_attention_last(q_last, k, v, seq_offsets, max_seq_len, alpha, pos_weights, time_weights,
+                        timestamps, query_timestamps) -> torch.Tensor:
+    """[B, H, Dv] = ``last.hstu_attention_last`` for validated fp32 CPU inputs, no autograd:
+    each sequence's last row of the forward kernel, its time buckets computed in O(n)."""
+    batch, heads, dqk = q_last.shape
+    dv = v.shape[2]
+    out = new_output((batch, heads, dv), q_last)
+    if batch == 0:
+        return out
+    offsets = seq_offsets.long().contiguous()
+    (q_last, qs), (k, ks), (v, vs) = (row_strided(x) for x in (q_last, k, v))
+    pos = None if pos_weights is None else pos_weights.contiguous()
+    time = None if time_weights is None else time_weights.contiguous()
+    ts = qts = edges = None
+    if time is not None:
+        ts, qts = timestamps.long().contiguous(), query_timestamps.long().contiguous()
+        edges = _thresholds()
+    library().genrec_hstu_forward_last_f32(
+        q_last.data_ptr(), qs, k.data_ptr(), ks, v.data_ptr(), vs, offsets.data_ptr(), batch,
+        heads, dqk, dv, max_seq_len, alpha, pointer(pos), 0 if pos is None else pos.numel(),
+        pointer(time), 0 if time is None else time.numel(), pointer(ts), pointer(qts),
+        pointer(edges), 0 if edges is None else edges.numel(), out.data_ptr(),
+        torch.get_num_threads())
+    return out

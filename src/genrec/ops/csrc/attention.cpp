@@ -361,10 +361,14 @@ struct Hstu {
     const uint8_t* bk;
   };
 
-  Bias bias_of(int64_t b, int64_t i, int64_t n, int64_t width) const {
+  // row i's bias with its time buckets at bk (VL bytes readable past the row's width)
+  Bias bias_at(int64_t i, int64_t width, const uint8_t* bk) const {
     const int64_t base = max_seq_len - 1 - i;  // index of j = 0
-    return {base, base >= 0 && base + width - 1 < pos_size,
-            time != nullptr ? buckets + square_offsets[b] + i * n : nullptr};
+    return {base, base >= 0 && base + width - 1 < pos_size, time != nullptr ? bk : nullptr};
+  }
+
+  Bias bias_of(int64_t b, int64_t i, int64_t n, int64_t width) const {
+    return bias_at(i, width, time != nullptr ? buckets + square_offsets[b] + i * n : nullptr);
   }
 
   // the logits of keys [j0, j0 + VL) from their alpha-less q . k
@@ -384,14 +388,18 @@ struct Hstu {
     return s;
   }
 
-  void forward_row(int64_t b, int64_t i, int64_t n, int64_t end, int64_t width, int64_t cand,
-                   int64_t, float* __restrict row, float*) const {
-    const Bias bias = bias_of(b, i, n, width);
+  // row [width): q . k on entry, SiLU(logits) / N before end and 0 from end on exit
+  void weights(const Bias& bias, int64_t end, int64_t width, float* __restrict row) const {
     for (int64_t j0 = 0; j0 < width; j0 += VL) {
       const vf s = logits(bias, j0, load(row + j0));
       const vf y = s * sigmoid(s) * inv_n;
       store(row + j0, j0 + VL <= end ? y : lanes_before(j0, end) ? y : vf{});
     }
+  }
+
+  void forward_row(int64_t b, int64_t i, int64_t n, int64_t end, int64_t width, int64_t cand,
+                   int64_t, float* __restrict row, float*) const {
+    weights(bias_of(b, i, n, width), end, width, row);
     mask_candidates(i, end, cand, row);
   }
 
@@ -660,6 +668,23 @@ void backward_tasks(const Problem& p, const Policy& policy, const float* grad_ou
   }
 }
 
+// bucket(gap) as genrec_hstu_time_buckets documents it
+inline uint8_t time_bucket(int64_t gap, const int64_t* thresholds, int64_t num_thresholds,
+                           int64_t num_buckets) {
+  constexpr double per_octave = 0.6931471805599453 / 0.301;
+  gap = gap < 0 ? -gap : gap;
+  gap = gap < 1 ? 1 : gap;
+  const float g = static_cast<float>(gap);
+  uint32_t bits;
+  std::memcpy(&bits, &g, sizeof bits);
+  const double log2_low = static_cast<double>(static_cast<int32_t>(bits >> 23) - 127) +
+                          static_cast<double>(bits & 0x7fffffu) * (1.0 / 8388608.0);
+  int64_t k = static_cast<int64_t>((log2_low - 1e-4) * per_octave);  // truncates: >= -1
+  k = std::min<int64_t>(std::max<int64_t>(k, 0), num_thresholds - 2);
+  k += thresholds[k + 1] <= gap;
+  return static_cast<uint8_t>(std::min(k, num_buckets - 1));
+}
+
 }  // namespace
 
 extern "C" {
@@ -674,7 +699,6 @@ void genrec_hstu_time_buckets(const int64_t* ts, const int64_t* qts, const int64
                               int64_t batch, const int64_t* square_offsets,
                               const int64_t* thresholds, int64_t num_thresholds,
                               int64_t num_buckets, int causal, uint8_t* out, int threads) {
-  const double per_octave = 0.6931471805599453 / 0.301;
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
 #endif
@@ -682,21 +706,9 @@ void genrec_hstu_time_buckets(const int64_t* ts, const int64_t* qts, const int64
     const int64_t o = offsets[b], n = offsets[b + 1] - o;
     for (int64_t i = 0; i < n; ++i) {
       uint8_t* row = out + square_offsets[b] + i * n;
-      const int64_t end = causal ? i + 1 : n, q = qts[o + i];
-      for (int64_t j = 0; j < end; ++j) {
-        int64_t gap = q - ts[o + j];
-        gap = gap < 0 ? -gap : gap;
-        gap = gap < 1 ? 1 : gap;
-        const float g = static_cast<float>(gap);
-        uint32_t bits;
-        std::memcpy(&bits, &g, sizeof bits);
-        const double log2_low = static_cast<double>(static_cast<int32_t>(bits >> 23) - 127) +
-                                static_cast<double>(bits & 0x7fffffu) * (1.0 / 8388608.0);
-        int64_t k = static_cast<int64_t>((log2_low - 1e-4) * per_octave);  // truncates: >= -1
-        k = std::min<int64_t>(std::max<int64_t>(k, 0), num_thresholds - 2);
-        k += thresholds[k + 1] <= gap;
-        row[j] = static_cast<uint8_t>(std::min(k, num_buckets - 1));
-      }
+      const int64_t end = causal ? i + 1 : n;
+      for (int64_t j = 0; j < end; ++j)
+        row[j] = time_bucket(qts[o + i] - ts[o + j], thresholds, num_thresholds, num_buckets);
       std::fill(row + end, row + n, uint8_t{0});  // read (and masked) by whole-vector loads
     }
   }
@@ -715,6 +727,59 @@ void genrec_hstu_forward_f32(const float* q, int64_t q_stride, const float* k, i
   const Hstu policy{alpha, 1.0f / static_cast<float>(max_seq_len), max_seq_len, pos, pos_size,
                     time, num_buckets, buckets, square_offsets, 0, 0};
   forward_tasks(p, policy, q, q_stride, k, k_stride, v, v_stride, out, nullptr);
+}
+
+// out [B, H, dv] = the causal HSTU attention of each sequence's last token (q_last [B, H, dqk]
+// at row stride q_stride) over all of its sequence: one row of genrec_hstu_forward_f32, with
+// that row's time buckets computed here (O(n) per sequence, no per-batch bucket buffer).
+// Every sequence has at least one token.
+void genrec_hstu_forward_last_f32(const float* q_last, int64_t q_stride, const float* k,
+                                  int64_t k_stride, const float* v, int64_t v_stride,
+                                  const int64_t* offsets, int64_t batch, int64_t heads,
+                                  int64_t dqk, int64_t dv, int64_t max_seq_len, float alpha,
+                                  const float* pos, int64_t pos_size, const float* time,
+                                  int64_t num_buckets, const int64_t* ts, const int64_t* qts,
+                                  const int64_t* thresholds, int64_t num_thresholds, float* out,
+                                  int threads) {
+  const Hstu policy{alpha, 1.0f / static_cast<float>(max_seq_len), max_seq_len, pos, pos_size,
+                    time, num_buckets, nullptr, nullptr, 0, 0};
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+#endif
+  {
+    std::vector<float> row_buf;
+    std::vector<uint8_t> bucket_buf;
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 4)
+#endif
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t o = offsets[b], n = offsets[b + 1] - o, width = round_up(n, VL);
+      float* row = scratch(row_buf, width);
+      uint8_t* bk = scratch(bucket_buf, width + VL);  // zero past n: whole-vector reads
+      if (time != nullptr)
+        for (int64_t j = 0; j < n; ++j)
+          bk[j] = time_bucket(qts[o + n - 1] - ts[o + j], thresholds, num_thresholds,
+                              num_buckets);
+      for (int64_t h = 0; h < heads; ++h) {
+        const float* qh = q_last + b * q_stride + h * dqk;
+        for (int64_t j = 0; j < n; ++j) {
+          const float* kj = k + (o + j) * k_stride + h * dqk;
+          float dot = 0.0f;
+          for (int64_t c = 0; c < dqk; ++c) dot += qh[c] * kj[c];
+          row[j] = dot;
+        }
+        zero_floats(row + n, width - n);
+        policy.weights(policy.bias_at(n - 1, width, bk), n, width, row);
+        float* oh = out + (b * heads + h) * dv;
+        zero_floats(oh, dv);
+        for (int64_t j = 0; j < n; ++j) {
+          const float* vj = v + (o + j) * v_stride + h * dv;
+          for (int64_t c = 0; c < dv; ++c) oh[c] += row[j] * vj[c];
+        }
+      }
+      std::fill(bk, bk + n, uint8_t{0});  // the next sequence's zero tail
+    }
+  }
 }
 
 // d_pos [pos_size] and d_time [num_buckets] when non-null (overwritten), through the
