@@ -45,6 +45,7 @@ constexpr int R = 4;
 constexpr int NVMAX = 2;  // 4 x 2 accumulators, 2 operands and a broadcast in 16 registers
 #endif
 constexpr int64_t BLOCK = 64;  // rows normalised at once into a thread's scratch
+static_assert(BLOCK % R == 0, "a block is whole register tiles");
 
 typedef float vf __attribute__((vector_size(VL * 4)));
 typedef float vfu __attribute__((vector_size(VL * 4), aligned(4)));
