@@ -9,9 +9,9 @@
 //   softmax  p_i = softmax over allowed j of alpha * q_i . k_j;  out_i = sum_j p~_ij v_j,
 //            p~ = p * keep / (1 - dropout), keep drawn per pair from a counter-based hash
 //
-// A backward task is one (sequence, head); a forward task is all heads of one sequence, one
-// after the other, when there are sequences enough for the threads (a token's Q, K, V rows of
-// all heads are adjacent, so one thread reads them from memory once), else one head. A head
+// A task is all heads of one sequence, one after the other, when there are sequences enough for
+// the threads (a token's rows of all heads are adjacent, so one thread reads them from memory
+// once), else one (sequence, head). A head
 // walks its query rows in blocks of MR rows and keeps everything else in O(n * d) scratch: per
 // block, S = Q K^T is one register-blocked product,
 // the row policy (HSTU: bias, mask, SiLU; softmax: mask, softmax, dropout) turns it into the
@@ -23,9 +23,9 @@
 // block's rows, and dK += alpha dS^T Q, dV += P^T dO as rank-MR updates of the task's key
 // rows: no transpose and no n x n scratch either.
 //
-// HSTU's bias-table gradients are summed per task into [tasks, table] partials, then over
-// tasks in task order: results do not depend on the thread count or on which thread ran which
-// task. Its time buckets (one byte per pair, 0 where not allowed; every bucket is <= 145) are
+// HSTU's bias-table gradients are summed per (sequence, head) into [B * H, table] partials,
+// then over them in index order: results do not depend on the thread count, on the grouping
+// of heads into tasks, or on which thread ran which task. Its time buckets (one byte per pair, 0 where not allowed; every bucket is <= 145) are
 // computed once per batch by exact integer comparison with the edges of
 // reference.bucket_thresholds. The softmax's dropout keeps pair (task, i, j) when SplitMix64(seed + its index) >= p * 2^64, so
 // the backward draws the same mask again and no mask is stored.
@@ -274,7 +274,7 @@ std::vector<int64_t> task_order(const Problem& p, int64_t group) {
   return order;
 }
 
-// Heads per forward task: all of a sequence's heads when there are sequences enough to keep
+// Heads per task: all of a sequence's heads when there are sequences enough to keep
 // the threads busy, so that one thread reads a token's Q, K, V rows (adjacent across heads) from
 // memory once; else one, so that a single long sequence still spreads over the threads.
 int64_t heads_per_task(const Problem& p) {
@@ -588,7 +588,8 @@ void backward_tasks(const Problem& p, const Policy& policy, const float* grad_ou
                     int64_t g_stride, const float* q, int64_t q_stride, const float* k,
                     int64_t k_stride, const float* v, int64_t v_stride, const float* saved,
                     float* dq, float* dk, float* dv_out, float* partial) {
-  const std::vector<int64_t> order = task_order(p, 1);
+  const int64_t group = heads_per_task(p);
+  const std::vector<int64_t> order = task_order(p, group);
   const int64_t heads = p.heads, dqk = p.dqk, dv = p.dv;
   const int64_t wq = round_up(dqk, VL), wv = round_up(dv, VL), part = policy.partial_size();
 #ifdef _OPENMP
@@ -601,68 +602,71 @@ void backward_tasks(const Problem& p, const Policy& policy, const float* grad_ou
 #pragma omp for schedule(dynamic, 1)
 #endif
     for (int64_t t = 0; t < static_cast<int64_t>(order.size()); ++t) {
-      const int64_t task = order[t], b = task / heads, h = task % heads;
+      const int64_t b = order[t] / (heads / group), h0 = order[t] % (heads / group) * group;
       const int64_t o = p.offsets[b], n = p.length(b);
-      float* my_partial = partial + task * part;
-      zero_floats(my_partial, part);
-      if (n == 0) continue;
-      const int64_t rows = round_up(n, MR), cols = round_up(n, VL);
-      float* qs = scratch(q_buf, rows * wq);
-      float* ks = scratch(k_buf, cols * wq);
-      float* vt = scratch(vt_buf, dv * cols);
-      float* gs = scratch(g_buf, rows * wv);
-      float* dks = scratch(dk_buf, cols * wq);
-      float* dvs = scratch(dv_buf, cols * wv);
-      float* pr = scratch(s_buf, MR * cols);  // dP, then the weights
-      float* ds = scratch(ds_buf, MR * cols);
-      float* acc = scratch(o_buf, MR * wq);
-      copy_rows(q + o * q_stride + h * dqk, q_stride, n, dqk, qs, wq, rows);
-      copy_rows(k + o * k_stride + h * dqk, k_stride, n, dqk, ks, wq, cols);
-      copy_transposed(v + o * v_stride + h * dv, v_stride, n, dv, vt, cols,
-                      scratch(t_buf, n * dv));
-      copy_rows(grad_out + o * g_stride + h * dv, g_stride, n, dv, gs, wv, rows);
-      float* kt = nullptr;  // K^T and the block's logits, when the policy recomputes them
-      float* block_logits = nullptr;
-      if constexpr (Policy::recompute) {
-        kt = scratch(kt_buf, wq * cols);
-        block_logits = scratch(l_buf, MR * cols);
-        for (int64_t c = 0; c < dqk; ++c)
-          for (int64_t j = 0; j < cols; ++j) kt[c * cols + j] = ks[j * wq + c];
-      }
-      zero_floats(dks, cols * wq);
-      zero_floats(dvs, cols * wv);
-      const int64_t pairs = p.pairs(b, h);
-      for (int64_t i0 = 0; i0 < n; i0 += MR) {
-        const int64_t block_end = p.causal ? std::min(n, i0 + MR) : n;
-        const int64_t width = round_up(block_end, VL);
-        product_nt(gs + i0 * wv, wv, vt, cols, dv, width, pr, cols);  // dP
-        if constexpr (Policy::recompute)
-          product_nt(qs + i0 * wq, wq, kt, cols, dqk, width, block_logits, cols);  // Q K^T
-        for (int r = 0; r < MR; ++r) {
-          const int64_t i = i0 + r;
-          float* prow = pr + r * cols;
-          float* drow = ds + r * cols;
-          if (i >= n) {
-            zero_floats(prow, width);
-            zero_floats(drow, width);
-            continue;
-          }
-          const int64_t end = p.key_end(i, n);
-          const float* row_saved =
-              Policy::recompute ? block_logits + r * cols : saved + pairs + i * n;
-          policy.backward_row(b, i, n, end, width, candidate_start(p, b, i, end),
-                              pairs + i * n, row_saved, prow, drow, my_partial);
+      for (int64_t h = h0; h < h0 + group; ++h) {
+        // one partial per (sequence, head) whatever the grouping: the same sums in the same order
+        float* my_partial = partial + (b * heads + h) * part;
+        zero_floats(my_partial, part);
+        if (n == 0) continue;
+        const int64_t rows = round_up(n, MR), cols = round_up(n, VL);
+        float* qs = scratch(q_buf, rows * wq);
+        float* ks = scratch(k_buf, cols * wq);
+        float* vt = scratch(vt_buf, dv * cols);
+        float* gs = scratch(g_buf, rows * wv);
+        float* dks = scratch(dk_buf, cols * wq);
+        float* dvs = scratch(dv_buf, cols * wv);
+        float* pr = scratch(s_buf, MR * cols);  // dP, then the weights
+        float* ds = scratch(ds_buf, MR * cols);
+        float* acc = scratch(o_buf, MR * wq);
+        copy_rows(q + o * q_stride + h * dqk, q_stride, n, dqk, qs, wq, rows);
+        copy_rows(k + o * k_stride + h * dqk, k_stride, n, dqk, ks, wq, cols);
+        copy_transposed(v + o * v_stride + h * dv, v_stride, n, dv, vt, cols,
+                        scratch(t_buf, n * dv));
+        copy_rows(grad_out + o * g_stride + h * dv, g_stride, n, dv, gs, wv, rows);
+        float* kt = nullptr;  // K^T and the block's logits, when the policy recomputes them
+        float* block_logits = nullptr;
+        if constexpr (Policy::recompute) {
+          kt = scratch(kt_buf, wq * cols);
+          block_logits = scratch(l_buf, MR * cols);
+          for (int64_t c = 0; c < dqk; ++c)
+            for (int64_t j = 0; j < cols; ++j) kt[c * cols + j] = ks[j * wq + c];
         }
-        product_nn(ds, cols, block_end, ks, wq, wq, acc, wq, p.alpha);  // dQ rows
-        for (int r = 0; r < MR && i0 + r < n; ++r)
-          copy_floats(dq + ((o + i0 + r) * heads + h) * dqk, acc + r * wq, dqk);
-        update_tn(ds, cols, block_end, qs + i0 * wq, wq, wq, dks, wq);  // dK += dS^T Q
-        update_tn(pr, cols, block_end, gs + i0 * wv, wv, wv, dvs, wv);  // dV += P^T dO
-      }
-      for (int64_t j = 0; j < n; ++j) {
-        float* dk_row = dk + ((o + j) * heads + h) * dqk;
-        for (int64_t c = 0; c < dqk; ++c) dk_row[c] = p.alpha * dks[j * wq + c];
-        copy_floats(dv_out + ((o + j) * heads + h) * dv, dvs + j * wv, dv);
+        zero_floats(dks, cols * wq);
+        zero_floats(dvs, cols * wv);
+        const int64_t pairs = p.pairs(b, h);
+        for (int64_t i0 = 0; i0 < n; i0 += MR) {
+          const int64_t block_end = p.causal ? std::min(n, i0 + MR) : n;
+          const int64_t width = round_up(block_end, VL);
+          product_nt(gs + i0 * wv, wv, vt, cols, dv, width, pr, cols);  // dP
+          if constexpr (Policy::recompute)
+            product_nt(qs + i0 * wq, wq, kt, cols, dqk, width, block_logits, cols);  // Q K^T
+          for (int r = 0; r < MR; ++r) {
+            const int64_t i = i0 + r;
+            float* prow = pr + r * cols;
+            float* drow = ds + r * cols;
+            if (i >= n) {
+              zero_floats(prow, width);
+              zero_floats(drow, width);
+              continue;
+            }
+            const int64_t end = p.key_end(i, n);
+            const float* row_saved =
+                Policy::recompute ? block_logits + r * cols : saved + pairs + i * n;
+            policy.backward_row(b, i, n, end, width, candidate_start(p, b, i, end),
+                                pairs + i * n, row_saved, prow, drow, my_partial);
+          }
+          product_nn(ds, cols, block_end, ks, wq, wq, acc, wq, p.alpha);  // dQ rows
+          for (int r = 0; r < MR && i0 + r < n; ++r)
+            copy_floats(dq + ((o + i0 + r) * heads + h) * dqk, acc + r * wq, dqk);
+          update_tn(ds, cols, block_end, qs + i0 * wq, wq, wq, dks, wq);  // dK += dS^T Q
+          update_tn(pr, cols, block_end, gs + i0 * wv, wv, wv, dvs, wv);  // dV += P^T dO
+        }
+        for (int64_t j = 0; j < n; ++j) {
+          float* dk_row = dk + ((o + j) * heads + h) * dqk;
+          for (int64_t c = 0; c < dqk; ++c) dk_row[c] = p.alpha * dks[j * wq + c];
+          copy_floats(dv_out + ((o + j) * heads + h) * dv, dvs + j * wv, dv);
+        }
       }
     }
   }
