@@ -1,13 +1,24 @@
-"""genrec.ops.native: building, caching and loading the C++ kernels, and failing softly."""
+"""genrec.ops.native: building, caching and loading the C++ kernels, failing softly, and the
+AVX2 (8-lane) code paths that a CPU with AVX-512 would not otherwise build."""
 
 from __future__ import annotations
 
 import logging
+import platform
 
 import pytest
 import torch
+from attention_cases import make_case, output_and_grads, relative_error
 
 from genrec.ops import gather_dot, native
+from genrec.ops.attention import hstu_attention_reference
+from genrec.ops.attention import native as native_attention
+from genrec.ops.dense import (
+    layer_norm_gate_linear,
+    layer_norm_gate_linear_reference,
+    layer_norm_linear_silu,
+    layer_norm_linear_silu_reference,
+)
 
 
 @pytest.fixture
@@ -64,3 +75,39 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("GENREC_NATIVE_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert native.cache_dir() == tmp_path / "genrec" / "native"
+
+
+def _has_avx2() -> bool:
+    try:
+        with open("/proc/cpuinfo") as info:
+            return " avx2" in info.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or not _has_avx2(),
+                    reason="the AVX2 code paths exist for x86-64 CPUs with AVX2 only")
+def test_avx2_builds_match_the_reference(fresh, monkeypatch):
+    """The 8-lane code (AVX2 without AVX-512: the issue's laptop) where this CPU builds 16."""
+    monkeypatch.setattr(native, "FLAGS", tuple(
+        "-march=haswell" if flag == "-march=native" else flag for flag in native.FLAGS))
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(70, 50, generator=g), torch.randn(200, 50, generator=g)
+    with torch.no_grad():
+        projected = layer_norm_linear_silu(x, w, 1e-6)
+        gated = layer_norm_gate_linear(x, x, w, w[:, 0], None, eps=1e-6)
+    assert relative_error(projected, layer_norm_linear_silu_reference(
+        x.double(), w.double(), 1e-6)) < 1e-5
+    assert relative_error(gated, layer_norm_gate_linear_reference(
+        x.double(), x.double(), w.double(), w[:, 0].double(), None, 1e-6)) < 1e-5
+
+    case = make_case(lengths=[37, 1, 20, 9], heads=2, dqk=25, dv=25, max_seq_len=40, seed=3)
+    native_fn = lambda c: native_attention.hstu_attention_native(  # noqa: E731
+        c.q, c.k, c.v, c.seq_offsets, c.max_seq_len, **c.kwargs())
+    reference_fn = lambda c: hstu_attention_reference(  # noqa: E731
+        c.q, c.k, c.v, c.seq_offsets, c.max_seq_len, **c.kwargs())
+    got = output_and_grads(native_fn, case.cast(torch.float32))
+    want = output_and_grads(reference_fn, case.cast(torch.float64))
+    for i, (a, b) in enumerate(zip(got, want, strict=True)):
+        assert relative_error(a, b) < 1e-5, f"result {i}"
+    assert {p.name.split("-")[0] for p in fresh.iterdir()} == {"attention", "dense"}
