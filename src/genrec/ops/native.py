@@ -12,9 +12,10 @@ with a logged warning and callers take their PyTorch path; ``GENREC_NATIVE=0`` (
 ``native.ENABLED = False``) skips the kernels outright. Each caller holds its kernel to the
 PyTorch reference in the tests.
 
-Builds are keyed by the source, the flags, the compiler and this CPU's feature flags
-(``-march=native``), written to a temporary name and renamed into place, so concurrent
-processes and machines sharing a home directory never load a half-written or foreign build.
+Builds are keyed by the source (and the folder's headers), the flags, the compiler and this
+CPU's feature flags (``-march=native``), written to a temporary name and renamed into place,
+so concurrent processes and machines sharing a home directory never load a half-written or
+foreign build.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def _build_and_load(name: str) -> ctypes.CDLL:
     cxx = compiler()
     if cxx is None:
         raise OSError("no C++ compiler found (set CXX)")
-    text = source.read_bytes()
+    # the source and the headers it may include from the same folder
+    text = source.read_bytes() + b"".join(h.read_bytes() for h in sorted(SOURCES.glob("*.h")))
     for flags in (FLAGS + OPENMP, FLAGS):  # without OpenMP: one thread, still correct
         key = hashlib.sha256(b"\0".join([
             text, " ".join(flags).encode(), cxx.encode(), _compiler_version(cxx),

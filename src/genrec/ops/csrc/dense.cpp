@@ -16,9 +16,9 @@
 // the rows' k-th entries and does R * NV FMAs (NV <= 6 with AVX-512: 24 accumulators). The
 // columns are split into chunks of at most NVMAX vectors, as even as possible.
 //
-// The exp in SiLU is the range-reduced degree-6 polynomial of attention.cpp (relative error
-// ~2e-7). Row blocks are split statically over the threads and every result is computed by
-// the same operations whatever the thread count. Built and loaded by genrec.ops.native.
+// The exp in SiLU is vectors.h's range-reduced degree-6 polynomial (relative error ~2e-7).
+// Row blocks are split statically over the threads, and every result is computed by the same
+// operations whatever the thread count. Built and loaded by genrec.ops.native.
 
 #include <algorithm>
 #include <cmath>
@@ -47,14 +47,7 @@ constexpr int NVMAX = 2;  // 4 x 2 accumulators, 2 operands and a broadcast in 1
 constexpr int64_t BLOCK = 64;  // rows normalised at once into a thread's scratch
 static_assert(BLOCK % R == 0, "a block is whole register tiles");
 
-typedef float vf __attribute__((vector_size(VL * 4)));
-typedef float vfu __attribute__((vector_size(VL * 4), aligned(4)));
-typedef int32_t vi __attribute__((vector_size(VL * 4)));
-
-inline vf load(const float* p) { return *reinterpret_cast<const vfu*>(p); }
-inline void store(float* p, vf x) { *reinterpret_cast<vfu*>(p) = x; }
-inline vf splat(float s) { return s - vf{}; }
-inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+#include "vectors.h"
 
 // the first `count` (< VL) lanes at p; the others 0
 inline vf load_part(const float* p, int64_t count) {
@@ -66,41 +59,7 @@ inline void store_part(float* p, vf x, int64_t count) {
   for (int64_t l = 0; l < count; ++l) p[l] = x[l];
 }
 
-// e^x, as attention.cpp's exp_approx: 2^n * e^r, |r| <= ln2 / 2, degree-6 polynomial
-inline vf exp_approx(vf x) {
-  const vf lo = splat(-87.0f), hi = splat(88.0f), shift = splat(12582912.0f);
-  x = x < lo ? lo : x;
-  x = x > hi ? hi : x;
-  const vf n = (x * 1.44269504088896341f + shift) - shift;
-  vf r = x - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  vf p = splat(1.0f / 720);
-  p = p * r + 1.0f / 120;
-  p = p * r + 1.0f / 24;
-  p = p * r + 1.0f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
-  return p * reinterpret_cast<vf>(bits);
-}
-
-// 1 / d from the hardware's estimate and one Newton step (relative error ~1e-7): a division
-// is the slowest instruction of SiLU
-inline vf reciprocal(vf d) {
-#if defined(__AVX512F__)
-  const vf r = reinterpret_cast<vf>(_mm512_rcp14_ps(reinterpret_cast<__m512>(d)));
-#elif defined(__AVX__)
-  const vf r = reinterpret_cast<vf>(_mm256_rcp_ps(reinterpret_cast<__m256>(d)));
-#else
-  return 1.0f / d;
-#endif
-#if defined(__AVX512F__) || defined(__AVX__)
-  return r * (2.0f - d * r);
-#endif
-}
-
-inline vf silu(vf x) { return x * reciprocal(1.0f + exp_approx(-x)); }
+inline vf silu(vf x) { return x * sigmoid(x); }
 
 // dst[0, K) = (x - mean(x)) / sqrt(var(x) + eps) for the K floats at x (two passes, float)
 inline void normalise(const float* __restrict x, int64_t K, float eps, float* __restrict dst) {

@@ -1,0 +1,70 @@
+// Vector helpers shared by the CPU kernels (attention.cpp, dense.cpp): GCC/Clang vector types
+// of VL floats, whose width the including file sets for its target, and an exp, reciprocal
+// and sigmoid built from them. Included inside each file's anonymous namespace, after VL.
+//
+// genrec.ops.native keys its builds by this header's text as well as the source's.
+
+#pragma once
+
+typedef float vf __attribute__((vector_size(VL * 4)));
+typedef float vfu __attribute__((vector_size(VL * 4), aligned(4)));
+typedef int32_t vi __attribute__((vector_size(VL * 4)));
+
+inline vf load(const float* p) { return *reinterpret_cast<const vfu*>(p); }
+inline void store(float* p, vf x) { *reinterpret_cast<vfu*>(p) = x; }
+// s - 0 is s for every float (0 + s is not, for s = -0), so this folds to one broadcast
+inline vf splat(float s) { return s - vf{}; }
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// e^x / 2^n for x = n ln2 + r (n integral, |r| <= ln2 / 2); T is float or vf
+template <typename T>
+inline T exp_reduced(T x, T n) {
+  T r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  T p = T{} + 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  return p * r + 1.0f;
+}
+
+constexpr float ROUNDING_SHIFT = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+
+// exp(x) for x in float range: 2^n * e^r with |r| <= ln2 / 2 and a degree-6 polynomial
+// (relative error ~2e-7); written so that compilers vectorise the loops that call it.
+inline float exp_approx(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float n = (x * 1.44269504088896341f + ROUNDING_SHIFT) - ROUNDING_SHIFT;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return exp_reduced(x, n) * scale;
+}
+
+// exp_approx on a vector, the same operations in the same order
+inline vf exp_approx(vf x) {
+  const vf lo = splat(-87.0f), hi = splat(88.0f), shift = splat(ROUNDING_SHIFT);
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  const vf n = (x * 1.44269504088896341f + shift) - shift;
+  const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
+  return exp_reduced(x, n) * reinterpret_cast<vf>(bits);
+}
+
+// 1 / d from the hardware's estimate and one Newton step (relative error ~1e-7): a vector
+// division is the slowest instruction of SiLU and its gradient
+inline vf reciprocal(vf d) {
+#if defined(__AVX512F__)
+  const vf r = reinterpret_cast<vf>(_mm512_rcp14_ps(reinterpret_cast<__m512>(d)));
+  return r * (2.0f - d * r);
+#elif defined(__AVX2__)
+  const vf r = reinterpret_cast<vf>(_mm256_rcp_ps(reinterpret_cast<__m256>(d)));
+  return r * (2.0f - d * r);
+#else
+  return 1.0f / d;
+#endif
+}
+
+inline vf sigmoid(vf x) { return reciprocal(1.0f + exp_approx(-x)); }
