@@ -129,3 +129,12 @@ def test_disabled_native_kernels_give_the_reference(monkeypatch):
         torch.testing.assert_close(layer_norm_linear_silu(x, weight, EPS),
                                    layer_norm_linear_silu_reference(x, weight, EPS),
                                    rtol=0, atol=0)
+
+
+def test_output_broadcasts_a_one_element_bias_as_the_reference_does():
+    a, u, weight = _randn(6, 5, seed=23), _randn(6, 5, seed=24), _randn(4, 5, seed=25)
+    bias = torch.tensor([0.5])  # broadcast over the 4 outputs: not the kernel's [N] layout
+    with torch.no_grad():
+        got = layer_norm_gate_linear(a, u, weight, bias, None, eps=EPS)
+    torch.testing.assert_close(got, layer_norm_gate_linear_reference(a, u, weight, bias, None,
+                                                                     EPS))

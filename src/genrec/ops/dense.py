@@ -64,6 +64,7 @@ def layer_norm_gate_linear(a: torch.Tensor, u: torch.Tensor, weight: torch.Tenso
     """
     extra = [t for t in (u, bias, residual) if t is not None]
     if not _native_fits(a, weight, *extra) or u.shape != a.shape or (
+            bias is not None and bias.shape != weight.shape[:1]) or (
             residual is not None and residual.shape != (a.shape[0], weight.shape[0])):
         return layer_norm_gate_linear_reference(a, u, weight, bias, residual, eps)
     lib = native.load("dense")
@@ -85,7 +86,7 @@ def layer_norm_gate_linear(a: torch.Tensor, u: torch.Tensor, weight: torch.Tenso
 def _native_fits(x: torch.Tensor, weight: torch.Tensor, *others: torch.Tensor) -> bool:
     """fp32 CPU matrices of matching widths, and no gradient to track."""
     tensors = (x, weight, *others)
-    return (native.ENABLED and not torch.compiler.is_compiling()
+    return (not torch.compiler.is_compiling()
             and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
             and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
             and x.dim() == 2 and weight.dim() == 2 and x.shape[1] == weight.shape[1]
