@@ -180,16 +180,22 @@ def test_layer_time_bias_uses_hand_computed_buckets_of_query_time_gaps():
     torch.testing.assert_close(av.flatten(), torch.nn.functional.silu(expected) / 11)
 
 
-def test_fp32_inference_path_matches_float64_loop_reference():
-    """Evaluation's path: fp32, no gradients, so the native dense and attention kernels run."""
-    model = HSTU(small_config(), num_items=40).eval()
+@pytest.mark.parametrize("attn_norm", ["padded", "length"])
+def test_fp32_inference_path_matches_float64_loop_reference(attn_norm):
+    """Evaluation's path: fp32, no gradients, 9 sequences (>= 4 per thread on 2 threads), so
+    the fused native layer (genrec.ops.layer) runs, and the last layer's dense and
+    last-token kernels."""
+    model = HSTU(small_config(attn_norm=attn_norm), num_items=40).eval()
     randomise(model)
-    batch = random_batch([5, 1, 7, 10], seed=4)
+    batch = random_batch([5, 1, 7, 10, 3, 8, 2, 6, 4], seed=4)
     with torch.inference_mode():
         out = model(batch)
         last = model.last_vectors(batch)
-    ref = ref_model(model.double(), batch, norm_of=lambda n: 11)
+        stepwise, _ = model(batch, return_kv=True)  # the unfused steps, layer by layer
+    ref = ref_model(model.double(), batch,
+                    norm_of=(lambda n: 11) if attn_norm == "padded" else (lambda n: n))
     assert out.dtype == torch.float32
     assert float((out.double() - ref).norm() / ref.norm()) < 1e-5
+    assert torch.equal(out, stepwise)
     ref_last = ref[batch.last_positions()]
     assert float((last.double() - ref_last).norm() / ref_last.norm()) < 1e-5

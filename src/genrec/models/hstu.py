@@ -33,6 +33,7 @@ from genrec.models.embeddings import InputEmbedding, l2_normalise, padded_length
 from genrec.ops import hstu_attention, hstu_attention_last
 from genrec.ops.dense import layer_norm_gate_linear, layer_norm_linear_silu
 from genrec.ops.dropout import Dropout
+from genrec.ops.layer import hstu_layer
 
 LAYER_NORM_EPS = 1e-6
 INIT_STD = 0.02  # Linear_1 and the rab tables
@@ -47,6 +48,7 @@ class AttentionContext:
     query_timestamps: torch.Tensor  # [T] when each token's prediction is made (queries' side)
     num_candidates: torch.Tensor | None  # [B] trailing candidate tokens (M-FALCON) or None
     row_scale: torch.Tensor | None  # [T] float64, N / n_b for attn_norm == "length", else None
+    seq_scale: torch.Tensor | None  # [B] float64, the same per sequence, else None
 
 
 def attention_context(
@@ -59,14 +61,14 @@ def attention_context(
     sequence b are rescaled by N / n_b afterwards. With candidates, n_b counts the history
     only (n_b − c_b), so a candidate scores the same in any microbatch.
     """
-    row_scale = None
+    row_scale = scale = None
     if cfg.attn_norm == "length":
         lengths = batch.seq_offsets[1:] - batch.seq_offsets[:-1]  # [B]
         history = lengths if num_candidates is None else lengths - num_candidates.to(lengths)
         scale = padded_length(cfg) / history.clamp(min=1).to(torch.float64)
         row_scale = torch.repeat_interleave(scale, lengths, output_size=batch.num_tokens)
     return AttentionContext(batch.seq_offsets, batch.timestamps, batch.query_timestamps,
-                            num_candidates, row_scale)
+                            num_candidates, row_scale, scale)
 
 
 class HSTULayer(nn.Module):
@@ -131,9 +133,18 @@ class HSTULayer(nn.Module):
                                       eps=LAYER_NORM_EPS)
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
-        """X [T, d] -> X [T, d]."""
-        u, q, k, v = self.project(x)
-        return self.output(x, u, self.attend(q, k, v, ctx))
+        """X [T, d] -> X [T, d]: ``hstu_layer`` (at inference one fused call per batch), or
+        the three steps when dropout is active."""
+        if self.training and self.dropout.p > 0:
+            u, q, k, v = self.project(x)
+            return self.output(x, u, self.attend(q, k, v, ctx))
+        return hstu_layer(
+            x, self.uvqk.weight, self.output_proj.weight, self.output_proj.bias,
+            ctx.seq_offsets, self.normaliser, num_heads=self.num_heads,
+            attention_dim=self.dqk, linear_dim=self.dv, alpha=1.0,
+            pos_weights=self.pos_weights, time_weights=self.time_weights,
+            timestamps=ctx.timestamps, query_timestamps=ctx.query_timestamps,
+            num_candidates=ctx.num_candidates, seq_scale=ctx.seq_scale, eps=LAYER_NORM_EPS)
 
     def forward_last(self, x: torch.Tensor, ctx: AttentionContext,
                      last: torch.Tensor) -> torch.Tensor:
@@ -178,6 +189,9 @@ class HSTU(SequentialRetrievalModel):
         ctx = attention_context(self.cfg, batch, num_candidates)
         kv: list[LayerKV] = []
         for layer in self.layers:
+            if not return_kv:
+                x = layer(x, ctx)
+                continue
             u, q, k, v = layer.project(x)
             x = layer.output(x, u, layer.attend(q, k, v, ctx))
             kv.append((k, v))

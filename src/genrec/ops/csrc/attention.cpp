@@ -67,6 +67,7 @@ constexpr int MR = 4;
 #endif
 
 #include "vectors.h"
+#include "dense.h"
 
 // lanes [j0, j0 + VL) of a row that lie before `end`, as a lane mask
 inline vi lanes_before(int64_t j0, int64_t end) {
@@ -463,60 +464,78 @@ Softmax softmax_policy(float scale, double dropout, uint64_t seed) {
 
 // -- the task loops --------------------------------------------------------------------------------
 
-// out [T, H, dv] (contiguous); q, k, v rows at the given strides (each row's [H, d] contiguous);
-// saved: null, or per allowed pair at Problem::pairs(b, h) + i * n + j (what the policy's
-// backward reads, unless it recomputes).
+// A thread's scratch for forward heads, grown as needed and reused across its tasks.
+struct ForwardScratch {
+  std::vector<float> q, kt, v, s, o, t;
+};
+
+// Head h of sequence b: q, k, v point at the sequence's first token's rows (row strides
+// given, each row's [H, d] contiguous), out at its first output row (row stride out_stride,
+// head h's dv floats at h * dv). out rows = scale * the head's attention; saved: null, or per
+// allowed pair at Problem::pairs(b, h) + i * n + j (what the policy's backward reads, unless
+// it recomputes).
+template <typename Policy>
+void forward_head(const Problem& p, const Policy& policy, int64_t b, int64_t h, const float* q,
+                  int64_t q_stride, const float* k, int64_t k_stride, const float* v,
+                  int64_t v_stride, float* out, int64_t out_stride, float scale, float* saved,
+                  ForwardScratch& w) {
+  const int64_t n = p.length(b), dqk = p.dqk, dv = p.dv, wv = round_up(dv, VL);
+  const int64_t rows = round_up(n, MR), cols = round_up(n, VL);
+  float* qs = scratch(w.q, rows * dqk);
+  float* kt = scratch(w.kt, dqk * cols);
+  float* vs = scratch(w.v, cols * wv);
+  float* s = scratch(w.s, MR * cols);
+  float* acc = scratch(w.o, MR * wv);
+  copy_rows(q + h * dqk, q_stride, n, dqk, qs, dqk, rows);
+  copy_transposed(k + h * dqk, k_stride, n, dqk, kt, cols, scratch(w.t, n * dqk));
+  copy_rows(v + h * dv, v_stride, n, dv, vs, wv, cols);
+  const int64_t pairs = p.pairs(b, h);
+  for (int64_t i0 = 0; i0 < n; i0 += MR) {
+    const int64_t block_end = p.causal ? std::min(n, i0 + MR) : n;  // keys of the block
+    const int64_t width = round_up(block_end, VL);
+    product_nt(qs + i0 * dqk, dqk, kt, cols, dqk, width, s, cols);
+    for (int r = 0; r < MR; ++r) {
+      const int64_t i = i0 + r;
+      float* row = s + r * cols;
+      if (i >= n) {
+        zero_floats(row, width);
+        continue;
+      }
+      const int64_t end = p.key_end(i, n);
+      policy.forward_row(b, i, n, end, width, candidate_start(p, b, i, end), pairs + i * n,
+                         row, saved == nullptr ? nullptr : saved + pairs + i * n);
+    }
+    product_nn(s, cols, block_end, vs, wv, wv, acc, wv, scale);
+    for (int r = 0; r < MR && i0 + r < n; ++r)
+      copy_floats(out + (i0 + r) * out_stride + h * dv, acc + r * wv, dv);
+  }
+}
+
+// out [T, H, dv] (contiguous); q, k, v rows at the given strides (each row's [H, d]
+// contiguous); saved as forward_head's.
 template <typename Policy>
 void forward_tasks(const Problem& p, const Policy& policy, const float* q, int64_t q_stride,
                    const float* k, int64_t k_stride, const float* v, int64_t v_stride,
                    float* out, float* saved) {
   const int64_t group = heads_per_task(p);
   const std::vector<int64_t> order = task_order(p, group);
-  const int64_t heads = p.heads, dqk = p.dqk, dv = p.dv, wv = round_up(dv, VL);
+  const int64_t heads = p.heads;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(p.threads)
 #endif
   {
-    std::vector<float> q_buf, kt_buf, v_buf, s_buf, o_buf, t_buf;
+    ForwardScratch w;
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
     for (int64_t t = 0; t < static_cast<int64_t>(order.size()); ++t) {
       const int64_t b = order[t] / (heads / group), h0 = order[t] % (heads / group) * group;
-      const int64_t o = p.offsets[b], n = p.length(b);
-      if (n == 0) continue;
-      for (int64_t h = h0; h < h0 + group; ++h) {
-        const int64_t rows = round_up(n, MR), cols = round_up(n, VL);
-        float* qs = scratch(q_buf, rows * dqk);
-        float* kt = scratch(kt_buf, dqk * cols);
-        float* vs = scratch(v_buf, cols * wv);
-        float* s = scratch(s_buf, MR * cols);
-        float* acc = scratch(o_buf, MR * wv);
-        copy_rows(q + o * q_stride + h * dqk, q_stride, n, dqk, qs, dqk, rows);
-        copy_transposed(k + o * k_stride + h * dqk, k_stride, n, dqk, kt, cols,
-                        scratch(t_buf, n * dqk));
-        copy_rows(v + o * v_stride + h * dv, v_stride, n, dv, vs, wv, cols);
-        const int64_t pairs = p.pairs(b, h);
-        for (int64_t i0 = 0; i0 < n; i0 += MR) {
-          const int64_t block_end = p.causal ? std::min(n, i0 + MR) : n;  // keys of the block
-          const int64_t width = round_up(block_end, VL);
-          product_nt(qs + i0 * dqk, dqk, kt, cols, dqk, width, s, cols);
-          for (int r = 0; r < MR; ++r) {
-            const int64_t i = i0 + r;
-            float* row = s + r * cols;
-            if (i >= n) {
-              zero_floats(row, width);
-              continue;
-            }
-            const int64_t end = p.key_end(i, n);
-            policy.forward_row(b, i, n, end, width, candidate_start(p, b, i, end), pairs + i * n,
-                               row, saved == nullptr ? nullptr : saved + pairs + i * n);
-          }
-          product_nn(s, cols, block_end, vs, wv, wv, acc, wv, 1.0f);
-          for (int r = 0; r < MR && i0 + r < n; ++r)
-            copy_floats(out + ((o + i0 + r) * heads + h) * dv, acc + r * wv, dv);
-        }
-      }
+      const int64_t o = p.offsets[b];
+      if (p.length(b) == 0) continue;
+      for (int64_t h = h0; h < h0 + group; ++h)
+        forward_head(p, policy, b, h, q + o * q_stride, q_stride, k + o * k_stride, k_stride,
+                     v + o * v_stride, v_stride, out + o * heads * p.dv, heads * p.dv, 1.0f,
+                     saved, w);
     }
   }
 }
@@ -722,6 +741,72 @@ void genrec_hstu_forward_last_f32(const float* q_last, int64_t q_stride, const f
         }
       }
       std::fill(bk, bk + n, uint8_t{0});  // the next sequence's zero tail
+    }
+  }
+}
+
+// One whole HSTU layer at inference, a task per sequence (all heads), for batches of at least
+// 4 sequences per thread:
+//
+//   U, V, Q, K = split(SiLU(LayerNorm(x) W1^T))             W1 [H * (2 dv + 2 dqk), d]
+//   AV         = seq_scale[b] * HSTU attention (genrec_hstu_forward_f32's)
+//   out        = x + (LayerNorm(AV) * U) W2^T + b2            W2 [d, H * dv], b2 [d] or null
+//
+// x, out [T, d] contiguous (distinct); seq_scale [B] or null (1). The same steps, in the same
+// operations, as genrec_dense_project_f32, genrec_hstu_forward_f32 and genrec_dense_output_f32
+// one after the other (so the same bits), but a sequence's U, V, Q, K and AV live in the
+// thread's scratch while it is cache-resident instead of in [T, .] buffers in memory.
+void genrec_hstu_layer_forward_f32(const float* x, int64_t d, const float* w1, const float* w2,
+                                   const float* b2, const int64_t* offsets, int64_t batch,
+                                   int64_t heads, int64_t dqk, int64_t dv,
+                                   int64_t max_seq_len, float alpha, int causal,
+                                   const int64_t* first_candidate, const float* pos,
+                                   int64_t pos_size, const float* time, int64_t num_buckets,
+                                   const uint8_t* buckets, const int64_t* square_offsets,
+                                   const float* seq_scale, float eps, float* out, int threads) {
+  const Problem p{offsets, batch, heads, dqk, dv, alpha, causal, first_candidate,
+                  square_offsets, threads};
+  const Hstu policy{alpha, 1.0f / static_cast<float>(max_seq_len), max_seq_len, pos, pos_size,
+                    time, num_buckets, buckets, square_offsets, 0, 0};
+  const int64_t hv = heads * dv, width1 = heads * (2 * dv + 2 * dqk);
+  const int64_t npad1 = round_up(width1, VL), npad2 = round_up(d, VL);
+  const std::vector<float> wt1 = dense::pack_transposed(w1, width1, d, npad1);
+  const std::vector<float> wt2 = dense::pack_transposed(w2, d, hv, npad2);
+  std::vector<float> bias(npad2, 0.0f);
+  if (b2 != nullptr) std::copy(b2, b2 + d, bias.begin());
+  const std::vector<int64_t> order = task_order(p, heads);
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+#endif
+  {
+    ForwardScratch w;
+    std::vector<float> norm_buf, uvqk_buf, av_buf;
+    float* norm = scratch(norm_buf, dense::BLOCK * std::max(d, hv));
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+    for (int64_t t = 0; t < static_cast<int64_t>(order.size()); ++t) {
+      const int64_t b = order[t], o = offsets[b], n = p.length(b);
+      if (n == 0) continue;
+      float* uvqk = scratch(uvqk_buf, n * npad1);  // U, V, Q, K of the sequence's rows
+      float* av = scratch(av_buf, n * hv);
+      const dense::Project project{x + o * d, d, d, eps, uvqk, npad1, width1, true};
+      for (int64_t t0 = 0; t0 < n; t0 += dense::BLOCK)
+        dense::block(
+            t0, std::min(dense::BLOCK, n - t0), d, wt1.data(), npad1, norm,
+            [&](int64_t i, float* row) { project.prepare(i, row); },
+            [&](int64_t i, int64_t col, vf y) { project.emit(i, col, y); });
+      const float scale = seq_scale != nullptr ? seq_scale[b] : 1.0f;
+      for (int64_t h = 0; h < heads; ++h)
+        forward_head(p, policy, b, h, uvqk + 2 * hv, npad1, uvqk + 2 * hv + heads * dqk, npad1,
+                     uvqk + hv, npad1, av, hv, scale, nullptr, w);
+      const dense::Output output{av,    hv,          uvqk, npad1, hv,        eps,
+                                 bias.data(), x + o * d, d,    out + o * d, d,  d};
+      for (int64_t t0 = 0; t0 < n; t0 += dense::BLOCK)
+        dense::block(
+            t0, std::min(dense::BLOCK, n - t0), hv, wt2.data(), npad2, norm,
+            [&](int64_t i, float* row) { output.prepare(i, row); },
+            [&](int64_t i, int64_t col, vf y) { output.emit(i, col, y); });
     }
   }
 }

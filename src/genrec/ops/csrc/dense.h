@@ -1,0 +1,167 @@
+// The token-wise steps of an HSTU layer at inference (genrec.ops.dense): a block of rows
+// normalised into a small scratch, times a packed W^T in register tiles, and each tile's
+// vectors activated (project) or gated and added (output) before they are stored. Shared by
+// dense.cpp (the steps over a whole batch) and attention.cpp (a whole layer, one sequence at a
+// time). Included inside the includer's anonymous namespace after vectors.h (VL, vf, load,
+// store, splat, sigmoid); everything here is in namespace dense.
+//
+// genrec.ops.native keys its builds by this header's text as well as the sources'.
+
+#pragma once
+
+namespace dense {
+
+#if defined(__AVX512F__)
+constexpr int R = 8;      // rows per register tile
+constexpr int NVMAX = 3;  // 8 x 3 accumulators, 3 operands and a broadcast: 28 of 32 registers
+#else
+constexpr int R = 4;
+constexpr int NVMAX = 2;  // 4 x 2 accumulators, 2 operands and a broadcast in 16 registers
+#endif
+constexpr int64_t BLOCK = 64;  // rows normalised at once into a thread's scratch
+static_assert(BLOCK % R == 0, "a block is whole register tiles");
+
+// the first `count` (< VL) lanes at p; the others 0
+inline vf load_part(const float* p, int64_t count) {
+  vf x{};
+  for (int64_t l = 0; l < count; ++l) x[l] = p[l];
+  return x;
+}
+inline void store_part(float* p, vf x, int64_t count) {
+  for (int64_t l = 0; l < count; ++l) p[l] = x[l];
+}
+
+inline vf silu(vf x) { return x * sigmoid(x); }
+
+// dst[0, K) = (x - mean(x)) / sqrt(var(x) + eps) for the K floats at x (two passes, float)
+inline void normalise(const float* __restrict x, int64_t K, float eps, float* __restrict dst) {
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t c = 0; c < K; ++c) sum += x[c];
+  const float mean = sum / static_cast<float>(K);
+  float squares = 0.0f;
+#pragma omp simd reduction(+ : squares)
+  for (int64_t c = 0; c < K; ++c) squares += (x[c] - mean) * (x[c] - mean);
+  const float rstd = 1.0f / std::sqrt(squares / static_cast<float>(K) + eps);
+#pragma omp simd
+  for (int64_t c = 0; c < K; ++c) dst[c] = (x[c] - mean) * rstd;
+}
+
+// Wt [K, npad] = W^T for W [N, K], zero in columns [N, npad)
+std::vector<float> pack_transposed(const float* W, int64_t N, int64_t K, int64_t npad) {
+  std::vector<float> wt(K * npad, 0.0f);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k) wt[k * npad + n] = W[n * K + k];
+  return wt;
+}
+
+// The tile of rows [0, R) of A [., K] (stride lda) times Wt's columns [c, c + NV * VL):
+// acc[r][v] = sum_k A[r][k] * Wt[k][c + v * VL + lane], handed to emit(r, column, vector).
+// Not inlined: inside a large caller GCC spills the accumulators to the stack.
+template <int NV, typename Emit>
+__attribute__((noinline)) void tile(const float* A, int64_t lda, const float* Wt, int64_t npad, int64_t K,
+                 int64_t c, const Emit& emit) {
+  vf acc[R][NV] = {};
+  for (int64_t k = 0; k < K; ++k) {
+    vf w[NV];
+    for (int v = 0; v < NV; ++v) {
+      w[v] = load(Wt + k * npad + c + v * VL);
+      asm("" : "+v"(w[v]));  // keep it in a register: one load per k, not one per row
+    }
+    for (int r = 0; r < R; ++r) {
+      const vf a = splat(A[r * lda + k]);
+      for (int v = 0; v < NV; ++v) acc[r][v] += a * w[v];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) emit(r, c + v * VL, acc[r][v]);
+}
+
+// Every tile of A [rows, K] (rows a multiple of R) times Wt, column chunks of <= NVMAX vectors.
+template <typename Emit>
+void product(const float* A, int64_t lda, int64_t rows, const float* Wt, int64_t npad,
+             int64_t K, const Emit& emit) {
+  const int64_t vectors = npad / VL;
+  const int64_t chunks = (vectors + NVMAX - 1) / NVMAX;
+  int64_t c = 0;
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+    const int64_t nv = vectors / chunks + (chunk < vectors % chunks);
+    for (int64_t r0 = 0; r0 < rows; r0 += R) {
+      const float* a = A + r0 * lda;
+      auto at = [&](int r, int64_t col, vf x) { emit(r0 + r, col, x); };
+      switch (nv) {
+        case 1: tile<1>(a, lda, Wt, npad, K, c, at); break;
+        case 2: tile<2>(a, lda, Wt, npad, K, c, at); break;
+        case 3: tile<3>(a, lda, Wt, npad, K, c, at); break;
+        default: break;
+      }
+    }
+    c += nv * VL;
+  }
+}
+
+// Rows [t0, t0 + rows) (rows <= BLOCK) through `scratch` [BLOCK, K]: prepare(t, scratch_row)
+// fills the normalised rows, the padding rows up to whole tiles are zeroed, and emit(t, column,
+// vector) takes the product's vectors of the real rows.
+template <typename Prepare, typename Emit>
+void block(int64_t t0, int64_t rows, int64_t K, const float* Wt, int64_t npad, float* scratch,
+           const Prepare& prepare, const Emit& emit) {
+  for (int64_t r = 0; r < rows; ++r) prepare(t0 + r, scratch + r * K);
+  const int64_t padded = round_up(rows, R);
+  std::fill(scratch + rows * K, scratch + padded * K, 0.0f);
+  product(scratch, K, padded, Wt, npad, K, [&](int64_t r, int64_t col, vf x) {
+    if (r < rows) emit(t0 + r, col, x);
+  });
+}
+
+// The project step's row preparation and epilogue: out[t] = SiLU(LayerNorm(x[t]) W^T) into
+// N columns at row stride ldo (whole vectors up to npad when `padded`: SiLU(0) = 0 there).
+struct Project {
+  const float* x;
+  int64_t ldx, K;
+  float eps;
+  float* out;
+  int64_t ldo, N;
+  bool padded;
+
+  void prepare(int64_t t, float* row) const { normalise(x + t * ldx, K, eps, row); }
+  void emit(int64_t t, int64_t col, vf acc) const {
+    float* dst = out + t * ldo + col;
+    if (padded || col + VL <= N) store(dst, silu(acc));
+    else store_part(dst, silu(acc), N - col);
+  }
+};
+
+// The output step's: out[t] = res[t] + (LayerNorm(a[t]) * u[t]) W^T + bias (bias padded to
+// whole vectors with zeros; res may be null; out may be res).
+struct Output {
+  const float* a;
+  int64_t lda;
+  const float* u;
+  int64_t ldu, K;
+  float eps;
+  const float* bias;
+  const float* res;
+  int64_t ldr;
+  float* out;
+  int64_t ldo, N;
+
+  void prepare(int64_t t, float* row) const {
+    normalise(a + t * lda, K, eps, row);
+    const float* gate = u + t * ldu;
+#pragma omp simd
+    for (int64_t c = 0; c < K; ++c) row[c] *= gate[c];
+  }
+  void emit(int64_t t, int64_t col, vf acc) const {
+    const vf y = acc + load(bias + col);
+    float* dst = out + t * ldo + col;
+    if (col + VL <= N) {
+      store(dst, res != nullptr ? y + load(res + t * ldr + col) : y);
+    } else {
+      const int64_t count = N - col;
+      store_part(dst, res != nullptr ? y + load_part(res + t * ldr + col, count) : y, count);
+    }
+  }
+};
+
+}  // namespace dense

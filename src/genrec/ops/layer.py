@@ -1,0 +1,164 @@
+"""One whole HSTU layer at inference, fused per sequence on CPU.
+
+Shape legend: T tokens, B sequences, d model width, H heads, dqk / dv per-head widths.
+
+    U, V, Q, K = split(SiLU(LayerNorm(x) W1ᵀ))                     W1 [H(2dv + 2dqk), d]
+    AV         = seq_scale ⊙ hstu_attention(Q, K, V, …)             [T, H, dv]
+    out        = x + (LayerNorm(AV) ⊙ U) W2ᵀ + b2                   W2 [d, H·dv], b2 [d]
+
+``hstu_layer_reference`` writes it with the reference ops and is the specification.
+``hstu_layer`` composes the fast ops (``genrec.ops.dense``, ``hstu_attention``), which is what
+training differentiates; where nothing needs a gradient, the tensors are fp32 on the CPU and
+there are at least 4 sequences per thread, one native call (``genrec_hstu_layer_forward_f32``
+in ``csrc/attention.cpp``) runs the layer a sequence at a time instead: a thread projects
+the sequence's rows, attends and applies the output step while its U, V, Q, K (160 KB for 200
+tokens of HSTU-large) stay in its cache, where the unfused steps write and read them back as
+[T, 200] buffers in memory. Same operations in the same order as the fast composition, so the
+same bits; evaluation and serving take this path.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from genrec.ops.attention import hstu_attention
+from genrec.ops.attention import native as native_attention
+from genrec.ops.attention.reference import hstu_attention_reference
+from genrec.ops.attention.validation import validate
+from genrec.ops.dense import (
+    layer_norm_gate_linear,
+    layer_norm_gate_linear_reference,
+    layer_norm_linear_silu,
+    layer_norm_linear_silu_reference,
+)
+
+SEQUENCES_PER_THREAD = 4  # below this a task per sequence leaves threads idle: unfused steps
+
+
+def hstu_layer_reference(x, uvqk_weight, output_weight, output_bias, seq_offsets,
+                         max_seq_len, *, num_heads, attention_dim, linear_dim, alpha=1.0,
+                         pos_weights=None, time_weights=None, timestamps=None,
+                         query_timestamps=None, num_candidates=None, seq_scale=None,
+                         causal=True, eps) -> torch.Tensor:
+    """The layer written with the reference ops (any dtype, device, autograd)."""
+    return _compose(x, uvqk_weight, output_weight, output_bias, seq_offsets, max_seq_len,
+                    num_heads, attention_dim, linear_dim, alpha, pos_weights, time_weights,
+                    timestamps, query_timestamps, num_candidates, seq_scale, causal, eps,
+                    reference=True)
+
+
+def hstu_layer(x: torch.Tensor, uvqk_weight: torch.Tensor, output_weight: torch.Tensor,
+               output_bias: torch.Tensor | None, seq_offsets: torch.Tensor, max_seq_len: int, *,
+               num_heads: int, attention_dim: int, linear_dim: int, alpha: float = 1.0,
+               pos_weights: torch.Tensor | None = None,
+               time_weights: torch.Tensor | None = None,
+               timestamps: torch.Tensor | None = None,
+               query_timestamps: torch.Tensor | None = None,
+               num_candidates: torch.Tensor | None = None,
+               seq_scale: torch.Tensor | None = None, causal: bool = True,
+               eps: float) -> torch.Tensor:
+    """out [T, d] = x + the HSTU layer's update (module docstring); differentiable.
+
+    Args:
+        x: [T, d] the layer's input; seq_offsets [B+1] delimits its sequences.
+        uvqk_weight: [H·(2dv + 2dqk), d], rows in the order U, V, Q, K (bias-free).
+        output_weight: [d, H·dv]; output_bias: [d] or None.
+        max_seq_len … num_candidates, causal: as ``hstu_attention``.
+        seq_scale: [B] or None: sequence b's attention output is multiplied by seq_scale[b]
+            (cast to x's dtype), e.g. N / n_b for per-length normalisation.
+        eps: the layer norms' epsilon.
+    """
+    if _native_fits(x, uvqk_weight, output_weight, output_bias, seq_offsets, pos_weights,
+                    time_weights, seq_scale):
+        return _native(x, uvqk_weight, output_weight, output_bias, seq_offsets, max_seq_len,
+                       num_heads, attention_dim, linear_dim, alpha, pos_weights, time_weights,
+                       timestamps, query_timestamps, num_candidates, seq_scale, causal, eps)
+    return _compose(x, uvqk_weight, output_weight, output_bias, seq_offsets, max_seq_len,
+                    num_heads, attention_dim, linear_dim, alpha, pos_weights, time_weights,
+                    timestamps, query_timestamps, num_candidates, seq_scale, causal, eps,
+                    reference=False)
+
+
+def _compose(x, uvqk_weight, output_weight, output_bias, seq_offsets, max_seq_len, heads, dqk,
+             dv, alpha, pos_weights, time_weights, timestamps, query_timestamps,
+             num_candidates, seq_scale, causal, eps, *, reference: bool) -> torch.Tensor:
+    project = layer_norm_linear_silu_reference if reference else layer_norm_linear_silu
+    attend = hstu_attention_reference if reference else hstu_attention
+    tokens = x.shape[0]
+    u, v, q, k = torch.split(project(x, uvqk_weight, eps),
+                             [heads * dv, heads * dv, heads * dqk, heads * dqk], dim=-1)
+    av = attend(q.reshape(tokens, heads, dqk), k.reshape(tokens, heads, dqk),
+                v.reshape(tokens, heads, dv), seq_offsets, max_seq_len, alpha=alpha,
+                pos_weights=pos_weights, time_weights=time_weights, timestamps=timestamps,
+                query_timestamps=query_timestamps, num_candidates=num_candidates,
+                causal=causal)
+    if seq_scale is not None:
+        lengths = seq_offsets[1:] - seq_offsets[:-1]
+        rows = torch.repeat_interleave(seq_scale.to(av.dtype), lengths, output_size=tokens)
+        av = av * rows[:, None, None]
+    av = av.reshape(tokens, heads * dv)
+    if reference:
+        return layer_norm_gate_linear_reference(av, u, output_weight, output_bias, x, eps)
+    return layer_norm_gate_linear(av, u, output_weight, output_bias, x, eps=eps)
+
+
+def _native_fits(x, uvqk_weight, output_weight, output_bias, seq_offsets, pos_weights,
+                 time_weights, seq_scale) -> bool:
+    """fp32 CPU tensors, nothing to differentiate, not compiling, the library built, and
+    sequences enough for a task per sequence."""
+    floats = [t for t in (x, uvqk_weight, output_weight, output_bias, pos_weights, time_weights)
+              if t is not None]
+    return (native_attention.ENABLED and not torch.compiler.is_compiling()
+            and all(isinstance(t, torch.Tensor) and t.dtype == torch.float32
+                    and t.device.type == "cpu" for t in floats)
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in floats))
+            and (seq_scale is None or seq_scale.device.type == "cpu") and x.dim() == 2
+            and isinstance(seq_offsets, torch.Tensor) and seq_offsets.device.type == "cpu"
+            and seq_offsets.numel() - 1 >= SEQUENCES_PER_THREAD * torch.get_num_threads()
+            and native_attention.library() is not None)
+
+
+def _native(x, uvqk_weight, output_weight, output_bias, seq_offsets, max_seq_len, heads, dqk,
+            dv, alpha, pos_weights, time_weights, timestamps, query_timestamps, num_candidates,
+            seq_scale, causal, eps) -> torch.Tensor:
+    tokens, d = x.shape
+    width = heads * (2 * dv + 2 * dqk)
+    if uvqk_weight.shape != (width, d):
+        raise ValueError(f"hstu_layer: uvqk_weight must be [H·(2dv + 2dqk), d] = "
+                         f"[{width}, {d}], got {tuple(uvqk_weight.shape)}")
+    if output_weight.shape != (d, heads * dv):
+        raise ValueError(f"hstu_layer: output_weight must be [d, H·dv] = [{d}, {heads * dv}], "
+                         f"got {tuple(output_weight.shape)}")
+    if output_bias is not None and output_bias.shape != (d,):
+        raise ValueError(f"hstu_layer: output_bias must be [d] = [{d}], "
+                         f"got {tuple(output_bias.shape)}")
+    # the attention's checks, on zero-stride stand-ins of Q, K, V's shapes
+    stand_in = x.new_zeros(1)
+    q_like = stand_in.as_strided((tokens, heads, dqk), (0, 0, 0))
+    v_like = stand_in.as_strided((tokens, heads, dv), (0, 0, 0))
+    validate(q_like, q_like, v_like, seq_offsets, max_seq_len, pos_weights, time_weights,
+             timestamps, query_timestamps, num_candidates)
+    batch = seq_offsets.numel() - 1
+    if seq_scale is not None and seq_scale.shape != (batch,):
+        raise ValueError(f"hstu_layer: seq_scale must be [B] = [{batch}], "
+                         f"got {tuple(seq_scale.shape)}")
+    layout = native_attention.layout_for(
+        seq_offsets, num_candidates, timestamps, query_timestamps, causal=causal,
+        num_buckets=0 if time_weights is None else time_weights.numel())
+    x, w1, w2 = x.contiguous(), uvqk_weight.contiguous(), output_weight.contiguous()
+    b2 = None if output_bias is None else output_bias.contiguous()
+    pos = None if pos_weights is None else pos_weights.contiguous()
+    time = None if time_weights is None else time_weights.contiguous()
+    scale = None if seq_scale is None else seq_scale.to(torch.float32).contiguous()
+    out = native_attention.new_output((tokens, d), x)
+    if tokens == 0:
+        return out
+    pointer = native_attention.pointer
+    native_attention.library().genrec_hstu_layer_forward_f32(
+        x.data_ptr(), d, w1.data_ptr(), w2.data_ptr(), pointer(b2),
+        layout.offsets.data_ptr(), batch, heads, dqk, dv, max_seq_len, alpha, int(causal),
+        pointer(layout.first_candidate), pointer(pos), 0 if pos is None else pos.numel(),
+        pointer(time), 0 if time is None else time.numel(), pointer(layout.buckets),
+        layout.square_offsets.data_ptr(), pointer(scale), eps, out.data_ptr(),
+        torch.get_num_threads())
+    return out
