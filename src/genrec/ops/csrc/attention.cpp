@@ -312,35 +312,49 @@ struct Hstu {
     return bias_at(i, width, time != nullptr ? buckets + square_offsets[b] + i * n : nullptr);
   }
 
-  // the logits of keys [j0, j0 + VL) from their alpha-less q . k
-  vf logits(const Bias& bias, int64_t j0, vf qk) const {
-    vf s = alpha * qk;
+  // the bias (position + time term) of keys [j0, j0 + VL)
+  vf bias_vector(const Bias& bias, int64_t j0) const {
+    vf sum{};
     if (pos != nullptr) {
-      vf table;
       if (bias.direct) {
-        table = load(pos + bias.base + j0);
+        sum = load(pos + bias.base + j0);
       } else {
         for (int l = 0; l < VL; ++l)
-          table[l] = pos[std::min(std::max<int64_t>(bias.base + j0 + l, 0), pos_size - 1)];
+          sum[l] = pos[std::min(std::max<int64_t>(bias.base + j0 + l, 0), pos_size - 1)];
       }
-      s = alpha * qk + table;
     }
-    if (time != nullptr) s += gather(time, bias.bk + j0);
-    return s;
+    if (time != nullptr) sum += gather(time, bias.bk + j0);
+    return sum;
   }
 
-  // row [width): q . k on entry, SiLU(logits) / N before end and 0 from end on exit
-  void weights(const Bias& bias, int64_t end, int64_t width, float* __restrict row) const {
+  // the logits of keys [j0, j0 + VL) from their alpha-less q . k and their bias
+  vf logits(vf qk, vf bias) const { return alpha * qk + bias; }
+
+  // row [width): q . k on entry, SiLU(logits) / N before end and 0 from end on exit; the
+  // bias from `bias_row` [width) when given (block_bias's), else computed here
+  void weights(const Bias& bias, const float* bias_row, int64_t end, int64_t width,
+               float* __restrict row) const {
     for (int64_t j0 = 0; j0 < width; j0 += VL) {
-      const vf s = logits(bias, j0, load(row + j0));
+      const vf s = logits(load(row + j0),
+                          bias_row != nullptr ? load(bias_row + j0) : bias_vector(bias, j0));
       const vf y = s * sigmoid(s) * inv_n;
       store(row + j0, j0 + VL <= end ? y : lanes_before(j0, end) ? y : vf{});
     }
   }
 
+  // rows i0 .. i0 + MR - 1 (those < n) of the bias, [width) each at out + r * ld: computed
+  // once for all the heads of a task (one gather of the time table per pair, not per head)
+  void block_bias(int64_t b, int64_t i0, int64_t n, int64_t width, float* out,
+                  int64_t ld) const {
+    for (int r = 0; r < MR && i0 + r < n; ++r) {
+      const Bias bias = bias_of(b, i0 + r, n, width);
+      for (int64_t j0 = 0; j0 < width; j0 += VL) store(out + r * ld + j0, bias_vector(bias, j0));
+    }
+  }
+
   void forward_row(int64_t b, int64_t i, int64_t n, int64_t end, int64_t width, int64_t cand,
-                   int64_t, float* __restrict row, float*) const {
-    weights(bias_of(b, i, n, width), end, width, row);
+                   int64_t, float* __restrict row, float*, const float* bias_row) const {
+    weights(bias_of(b, i, n, width), bias_row, end, width, row);
     mask_candidates(i, end, cand, row);
   }
 
@@ -349,7 +363,7 @@ struct Hstu {
                     float* __restrict drow, float* partial) const {
     const Bias bias = bias_of(b, i, n, width);
     for (int64_t j0 = 0; j0 < width; j0 += VL) {
-      const vf s = logits(bias, j0, load(qk + j0));
+      const vf s = logits(load(qk + j0), bias_vector(bias, j0));
       const vf sig = sigmoid(s);
       vf ds = load(prow + j0) * sig * (1.0f + s * (1.0f - sig)) * inv_n;
       vf weight = s * sig * inv_n;
@@ -411,8 +425,11 @@ struct Softmax {
                                                                         : 0.0f;
   }
 
+  void block_bias(int64_t, int64_t, int64_t, int64_t, float*, int64_t) const {}  // none
+
   void forward_row(int64_t, int64_t i, int64_t, int64_t end, int64_t width, int64_t cand,
-                   int64_t pair, float* __restrict row, float* __restrict saved) const {
+                   int64_t pair, float* __restrict row, float* __restrict saved,
+                   const float*) const {
     float top = -INFINITY;
     for (int64_t j = 0; j < end; ++j) {
       row[j] *= alpha;
@@ -466,53 +483,64 @@ Softmax softmax_policy(float scale, double dropout, uint64_t seed) {
 
 // A thread's scratch for forward heads, grown as needed and reused across its tasks.
 struct ForwardScratch {
-  std::vector<float> q, kt, v, s, o, t;
+  std::vector<float> q, kt, v, s, o, t, bias;
 };
 
-// Head h of sequence b: q, k, v point at the sequence's first token's rows (row strides
-// given, each row's [H, d] contiguous), out at its first output row (row stride out_stride,
-// head h's dv floats at h * dv). out rows = scale * the head's attention; saved: null, or per
-// allowed pair at Problem::pairs(b, h) + i * n + j (what the policy's backward reads, unless
-// it recomputes).
+// Heads h0 .. h0 + group - 1 of sequence b: q, k, v point at the sequence's first token's rows
+// (row strides given, each row's [H, d] contiguous), out at its first output row (row stride
+// out_stride, head h's dv floats at h * dv). out rows = scale * the heads' attention. Per block
+// of MR query rows the policy's bias is computed once, then each head runs its products and
+// rows. saved: null, or per allowed pair at Problem::pairs(b, h) + i * n + j (what the
+// policy's backward reads, unless it recomputes). The same operations whatever the group.
 template <typename Policy>
-void forward_head(const Problem& p, const Policy& policy, int64_t b, int64_t h, const float* q,
-                  int64_t q_stride, const float* k, int64_t k_stride, const float* v,
-                  int64_t v_stride, float* out, int64_t out_stride, float scale, float* saved,
-                  ForwardScratch& w) {
+void forward_heads(const Problem& p, const Policy& policy, int64_t b, int64_t h0, int64_t group,
+                   const float* q, int64_t q_stride, const float* k, int64_t k_stride,
+                   const float* v, int64_t v_stride, float* out, int64_t out_stride,
+                   float scale, float* saved, ForwardScratch& w) {
   const int64_t n = p.length(b), dqk = p.dqk, dv = p.dv, wv = round_up(dv, VL);
   const int64_t rows = round_up(n, MR), cols = round_up(n, VL);
-  float* qs = scratch(w.q, rows * dqk);
-  float* kt = scratch(w.kt, dqk * cols);
-  float* vs = scratch(w.v, cols * wv);
+  float* qs = scratch(w.q, group * rows * dqk);  // head h0 + g's at g * (its size)
+  float* kt = scratch(w.kt, group * dqk * cols);
+  float* vs = scratch(w.v, group * cols * wv);
   float* s = scratch(w.s, MR * cols);
   float* acc = scratch(w.o, MR * wv);
-  copy_rows(q + h * dqk, q_stride, n, dqk, qs, dqk, rows);
-  copy_transposed(k + h * dqk, k_stride, n, dqk, kt, cols, scratch(w.t, n * dqk));
-  copy_rows(v + h * dv, v_stride, n, dv, vs, wv, cols);
-  const int64_t pairs = p.pairs(b, h);
+  float* bias = scratch(w.bias, MR * cols);
+  for (int64_t g = 0; g < group; ++g) {
+    const int64_t h = h0 + g;
+    copy_rows(q + h * dqk, q_stride, n, dqk, qs + g * rows * dqk, dqk, rows);
+    copy_transposed(k + h * dqk, k_stride, n, dqk, kt + g * dqk * cols, cols,
+                    scratch(w.t, n * dqk));
+    copy_rows(v + h * dv, v_stride, n, dv, vs + g * cols * wv, wv, cols);
+  }
   for (int64_t i0 = 0; i0 < n; i0 += MR) {
     const int64_t block_end = p.causal ? std::min(n, i0 + MR) : n;  // keys of the block
     const int64_t width = round_up(block_end, VL);
-    product_nt(qs + i0 * dqk, dqk, kt, cols, dqk, width, s, cols);
-    for (int r = 0; r < MR; ++r) {
-      const int64_t i = i0 + r;
-      float* row = s + r * cols;
-      if (i >= n) {
-        zero_floats(row, width);
-        continue;
+    policy.block_bias(b, i0, n, width, bias, cols);
+    for (int64_t g = 0; g < group; ++g) {
+      const int64_t h = h0 + g, pairs = p.pairs(b, h);
+      product_nt(qs + g * rows * dqk + i0 * dqk, dqk, kt + g * dqk * cols, cols, dqk, width, s,
+                 cols);
+      for (int r = 0; r < MR; ++r) {
+        const int64_t i = i0 + r;
+        float* row = s + r * cols;
+        if (i >= n) {
+          zero_floats(row, width);
+          continue;
+        }
+        const int64_t end = p.key_end(i, n);
+        policy.forward_row(b, i, n, end, width, candidate_start(p, b, i, end), pairs + i * n,
+                           row, saved == nullptr ? nullptr : saved + pairs + i * n,
+                           bias + r * cols);
       }
-      const int64_t end = p.key_end(i, n);
-      policy.forward_row(b, i, n, end, width, candidate_start(p, b, i, end), pairs + i * n,
-                         row, saved == nullptr ? nullptr : saved + pairs + i * n);
+      product_nn(s, cols, block_end, vs + g * cols * wv, wv, wv, acc, wv, scale);
+      for (int r = 0; r < MR && i0 + r < n; ++r)
+        copy_floats(out + (i0 + r) * out_stride + h * dv, acc + r * wv, dv);
     }
-    product_nn(s, cols, block_end, vs, wv, wv, acc, wv, scale);
-    for (int r = 0; r < MR && i0 + r < n; ++r)
-      copy_floats(out + (i0 + r) * out_stride + h * dv, acc + r * wv, dv);
   }
 }
 
 // out [T, H, dv] (contiguous); q, k, v rows at the given strides (each row's [H, d]
-// contiguous); saved as forward_head's.
+// contiguous); saved as forward_heads'.
 template <typename Policy>
 void forward_tasks(const Problem& p, const Policy& policy, const float* q, int64_t q_stride,
                    const float* k, int64_t k_stride, const float* v, int64_t v_stride,
@@ -532,10 +560,9 @@ void forward_tasks(const Problem& p, const Policy& policy, const float* q, int64
       const int64_t b = order[t] / (heads / group), h0 = order[t] % (heads / group) * group;
       const int64_t o = p.offsets[b];
       if (p.length(b) == 0) continue;
-      for (int64_t h = h0; h < h0 + group; ++h)
-        forward_head(p, policy, b, h, q + o * q_stride, q_stride, k + o * k_stride, k_stride,
-                     v + o * v_stride, v_stride, out + o * heads * p.dv, heads * p.dv, 1.0f,
-                     saved, w);
+      forward_heads(p, policy, b, h0, group, q + o * q_stride, q_stride, k + o * k_stride,
+                    k_stride, v + o * v_stride, v_stride, out + o * heads * p.dv, heads * p.dv,
+                    1.0f, saved, w);
     }
   }
 }
@@ -732,7 +759,7 @@ void genrec_hstu_forward_last_f32(const float* q_last, int64_t q_stride, const f
           row[j] = dot;
         }
         zero_floats(row + n, width - n);
-        policy.weights(policy.bias_at(n - 1, width, bk), n, width, row);
+        policy.weights(policy.bias_at(n - 1, width, bk), nullptr, n, width, row);
         float* oh = out + (b * heads + h) * dv;
         zero_floats(oh, dv);
         for (int64_t j = 0; j < n; ++j) {
@@ -797,9 +824,8 @@ void genrec_hstu_layer_forward_f32(const float* x, int64_t d, const float* w1, c
             [&](int64_t i, float* row) { project.prepare(i, row); },
             [&](int64_t i, int64_t col, vf y) { project.emit(i, col, y); });
       const float scale = seq_scale != nullptr ? seq_scale[b] : 1.0f;
-      for (int64_t h = 0; h < heads; ++h)
-        forward_head(p, policy, b, h, uvqk + 2 * hv, npad1, uvqk + 2 * hv + heads * dqk, npad1,
-                     uvqk + hv, npad1, av, hv, scale, nullptr, w);
+      forward_heads(p, policy, b, 0, heads, uvqk + 2 * hv, npad1, uvqk + 2 * hv + heads * dqk,
+                    npad1, uvqk + hv, npad1, av, hv, scale, nullptr, w);
       const dense::Output output{av,    hv,          uvqk, npad1, hv,        eps,
                                  bias.data(), x + o * d, d,    out + o * d, d,  d};
       for (int64_t t0 = 0; t0 < n; t0 += dense::BLOCK)
