@@ -312,49 +312,48 @@ struct Hstu {
     return bias_at(i, width, time != nullptr ? buckets + square_offsets[b] + i * n : nullptr);
   }
 
-  // the bias (position + time term) of keys [j0, j0 + VL)
-  vf bias_vector(const Bias& bias, int64_t j0) const {
-    vf sum{};
+  // the logits of keys [j0, j0 + VL) from their alpha-less q . k: the time term from
+  // times [j0, j0 + VL) when given (block_bias's), else gathered here
+  vf logits(const Bias& bias, int64_t j0, vf qk, const float* times) const {
+    vf s = alpha * qk;
     if (pos != nullptr) {
+      vf table;
       if (bias.direct) {
-        sum = load(pos + bias.base + j0);
+        table = load(pos + bias.base + j0);
       } else {
         for (int l = 0; l < VL; ++l)
-          sum[l] = pos[std::min(std::max<int64_t>(bias.base + j0 + l, 0), pos_size - 1)];
+          table[l] = pos[std::min(std::max<int64_t>(bias.base + j0 + l, 0), pos_size - 1)];
       }
+      s = alpha * qk + table;
     }
-    if (time != nullptr) sum += gather(time, bias.bk + j0);
-    return sum;
+    if (time != nullptr) s += times != nullptr ? load(times + j0) : gather(time, bias.bk + j0);
+    return s;
   }
 
-  // the logits of keys [j0, j0 + VL) from their alpha-less q . k and their bias
-  vf logits(vf qk, vf bias) const { return alpha * qk + bias; }
-
-  // row [width): q . k on entry, SiLU(logits) / N before end and 0 from end on exit; the
-  // bias from `bias_row` [width) when given (block_bias's), else computed here
-  void weights(const Bias& bias, const float* bias_row, int64_t end, int64_t width,
+  // row [width): q . k on entry, SiLU(logits) / N before end and 0 from end on exit
+  void weights(const Bias& bias, const float* times, int64_t end, int64_t width,
                float* __restrict row) const {
     for (int64_t j0 = 0; j0 < width; j0 += VL) {
-      const vf s = logits(load(row + j0),
-                          bias_row != nullptr ? load(bias_row + j0) : bias_vector(bias, j0));
+      const vf s = logits(bias, j0, load(row + j0), times);
       const vf y = s * sigmoid(s) * inv_n;
       store(row + j0, j0 + VL <= end ? y : lanes_before(j0, end) ? y : vf{});
     }
   }
 
-  // rows i0 .. i0 + MR - 1 (those < n) of the bias, [width) each at out + r * ld: computed
-  // once for all the heads of a task (one gather of the time table per pair, not per head)
+  // the time terms of rows i0 .. i0 + MR - 1 (those < n), [width) each at out + r * ld:
+  // gathered once for all the heads of a task, not once per head
   void block_bias(int64_t b, int64_t i0, int64_t n, int64_t width, float* out,
                   int64_t ld) const {
+    if (time == nullptr) return;
     for (int r = 0; r < MR && i0 + r < n; ++r) {
-      const Bias bias = bias_of(b, i0 + r, n, width);
-      for (int64_t j0 = 0; j0 < width; j0 += VL) store(out + r * ld + j0, bias_vector(bias, j0));
+      const uint8_t* bk = bias_of(b, i0 + r, n, width).bk;
+      for (int64_t j0 = 0; j0 < width; j0 += VL) store(out + r * ld + j0, gather(time, bk + j0));
     }
   }
 
   void forward_row(int64_t b, int64_t i, int64_t n, int64_t end, int64_t width, int64_t cand,
-                   int64_t, float* __restrict row, float*, const float* bias_row) const {
-    weights(bias_of(b, i, n, width), bias_row, end, width, row);
+                   int64_t, float* __restrict row, float*, const float* times) const {
+    weights(bias_of(b, i, n, width), times, end, width, row);
     mask_candidates(i, end, cand, row);
   }
 
@@ -363,7 +362,7 @@ struct Hstu {
                     float* __restrict drow, float* partial) const {
     const Bias bias = bias_of(b, i, n, width);
     for (int64_t j0 = 0; j0 < width; j0 += VL) {
-      const vf s = logits(load(qk + j0), bias_vector(bias, j0));
+      const vf s = logits(bias, j0, load(qk + j0), nullptr);
       const vf sig = sigmoid(s);
       vf ds = load(prow + j0) * sig * (1.0f + s * (1.0f - sig)) * inv_n;
       vf weight = s * sig * inv_n;
@@ -489,8 +488,8 @@ struct ForwardScratch {
 // Heads h0 .. h0 + group - 1 of sequence b: q, k, v point at the sequence's first token's rows
 // (row strides given, each row's [H, d] contiguous), out at its first output row (row stride
 // out_stride, head h's dv floats at h * dv). out rows = scale * the heads' attention. Per block
-// of MR query rows the policy's bias is computed once, then each head runs its products and
-// rows. saved: null, or per allowed pair at Problem::pairs(b, h) + i * n + j (what the
+// of MR query rows the policy's shared bias terms are computed once (block_bias), then each
+// head runs its products and rows. saved: null, or per allowed pair at Problem::pairs(b, h) + i * n + j (what the
 // policy's backward reads, unless it recomputes). The same operations whatever the group.
 template <typename Policy>
 void forward_heads(const Problem& p, const Policy& policy, int64_t b, int64_t h0, int64_t group,
