@@ -131,6 +131,26 @@ def test_time_buckets_equal_the_float64_reference_at_every_edge():
         assert slack.numel() == native_attention.BUCKET_SLACK and not slack.any()
 
 
+def test_time_buckets_of_long_rows_equal_the_reference():
+    """Rows of up to 700 keys (whole vectors of gaps and partial ones, every row length),
+    timestamps spread over ±2**50 (gaps below 2**53) so the gaps span every bucket, both signs."""
+    g = torch.Generator().manual_seed(12)
+    lengths = [700, 9, 1, 33]
+    offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    total = sum(lengths)
+    scale = torch.exp(torch.rand(total, generator=g, dtype=torch.float64) * 48 * 0.6931)
+    ts = (scale * torch.randn(total, generator=g, dtype=torch.float64)).long()
+    qts = ts.flip(0) + torch.randint(-3, 4, (total,), generator=g)
+    for causal in (True, False):
+        layout = native_attention._layout(offsets, None, ts, qts, causal=causal, num_buckets=129)
+        for b, n in enumerate(lengths):
+            start, square = int(offsets[b]), int(layout.square_offsets[b])
+            rows = layout.buckets[square:square + n * n].reshape(n, n).long()
+            gaps = qts[start:start + n, None] - ts[None, start:start + n]
+            expected = time_buckets(gaps, 129)
+            assert torch.equal(rows, expected.tril() if causal else expected)
+
+
 def test_time_buckets_of_pairs_a_causal_row_does_not_attend_are_zero():
     """The kernel reads a row's buckets in whole vectors: the bytes past the diagonal are
     0, a valid bucket (masked afterwards), never stale memory."""

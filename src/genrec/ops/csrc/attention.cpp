@@ -49,7 +49,7 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#if defined(__AVX2__) || defined(__AVX512F__)
+#if defined(__AVX__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -674,6 +674,43 @@ inline uint8_t time_bucket(int64_t gap, const int64_t* thresholds, int64_t num_t
   return static_cast<uint8_t>(std::min(k, num_buckets - 1));
 }
 
+// The buckets of keys [j0, j0 + 8) of a row (those before end) into out[j0 ..]: time_bucket's
+// steps on 8 gaps at once, the log2 estimate in double lanes as there; the guess is then
+// fixed by the same exact integer comparison.
+#if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512BW__) && \
+    defined(__AVX512VL__)
+constexpr bool VECTOR_BUCKETS = true;
+inline void time_buckets8(const int64_t* ts, int64_t query_time, int64_t j0, int64_t end,
+                          const int64_t* thresholds, int64_t num_thresholds,
+                          int64_t num_buckets, uint8_t* out) {
+  const __mmask8 lanes = static_cast<__mmask8>((1u << std::min<int64_t>(end - j0, 8)) - 1);
+  const __m512i one = _mm512_set1_epi64(1);
+  __m512i gap = _mm512_sub_epi64(_mm512_set1_epi64(query_time),
+                                 _mm512_maskz_loadu_epi64(lanes, ts + j0));
+  gap = _mm512_max_epi64(_mm512_abs_epi64(gap), one);
+  const __m256i bits = _mm256_castps_si256(_mm512_cvtepi64_ps(gap));
+  const __m256i exponent = _mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(127));
+  const __m256i mantissa = _mm256_and_si256(bits, _mm256_set1_epi32(0x7fffff));
+  const __m512d log2_low = _mm512_add_pd(
+      _mm512_cvtepi32_pd(exponent),
+      _mm512_mul_pd(_mm512_cvtepi32_pd(mantissa), _mm512_set1_pd(1.0 / 8388608.0)));
+  const __m512d scaled = _mm512_mul_pd(_mm512_sub_pd(log2_low, _mm512_set1_pd(1e-4)),
+                                       _mm512_set1_pd(0.6931471805599453 / 0.301));
+  __m512i k = _mm512_cvttpd_epi64(scaled);
+  k = _mm512_min_epi64(_mm512_max_epi64(k, _mm512_setzero_si512()),
+                       _mm512_set1_epi64(num_thresholds - 2));
+  const __m512i edge = _mm512_mask_i64gather_epi64(_mm512_setzero_si512(), lanes,
+                                                   _mm512_add_epi64(k, one), thresholds, 8);
+  k = _mm512_mask_add_epi64(k, _mm512_cmple_epi64_mask(edge, gap), k, one);
+  k = _mm512_min_epi64(k, _mm512_set1_epi64(num_buckets - 1));
+  _mm_mask_storeu_epi8(out + j0, lanes, _mm512_cvtepi64_epi8(k));
+}
+#else
+constexpr bool VECTOR_BUCKETS = false;
+inline void time_buckets8(const int64_t*, int64_t, int64_t, int64_t, const int64_t*, int64_t,
+                          int64_t, uint8_t*) {}
+#endif
+
 }  // namespace
 
 extern "C" {
@@ -696,8 +733,15 @@ void genrec_hstu_time_buckets(const int64_t* ts, const int64_t* qts, const int64
     for (int64_t i = 0; i < n; ++i) {
       uint8_t* row = out + square_offsets[b] + i * n;
       const int64_t end = causal ? i + 1 : n;
-      for (int64_t j = 0; j < end; ++j)
-        row[j] = time_bucket(qts[o + i] - ts[o + j], thresholds, num_thresholds, num_buckets);
+      if constexpr (VECTOR_BUCKETS) {
+        for (int64_t j0 = 0; j0 < end; j0 += 8)
+          time_buckets8(ts + o, qts[o + i], j0, end, thresholds, num_thresholds, num_buckets,
+                        row);
+      } else {
+        for (int64_t j = 0; j < end; ++j)
+          row[j] = time_bucket(qts[o + i] - ts[o + j], thresholds, num_thresholds,
+                               num_buckets);
+      }
       std::fill(row + end, row + n, uint8_t{0});  // read (and masked) by whole-vector loads
     }
   }
@@ -745,10 +789,15 @@ void genrec_hstu_forward_last_f32(const float* q_last, int64_t q_stride, const f
       const int64_t o = offsets[b], n = offsets[b + 1] - o, width = round_up(n, VL);
       float* row = scratch(row_buf, width);
       uint8_t* bk = scratch(bucket_buf, width + VL);  // zero past n: whole-vector reads
-      if (time != nullptr)
+      if (time != nullptr && VECTOR_BUCKETS) {
+        for (int64_t j0 = 0; j0 < n; j0 += 8)
+          time_buckets8(ts + o, qts[o + n - 1], j0, n, thresholds, num_thresholds, num_buckets,
+                        bk);
+      } else if (time != nullptr) {
         for (int64_t j = 0; j < n; ++j)
           bk[j] = time_bucket(qts[o + n - 1] - ts[o + j], thresholds, num_thresholds,
                               num_buckets);
+      }
       for (int64_t h = 0; h < heads; ++h) {
         const float* qh = q_last + b * q_stride + h * dqk;
         for (int64_t j = 0; j < n; ++j) {

@@ -43,14 +43,34 @@ inline float exp_approx(float x) {
   return exp_reduced(x, n) * scale;
 }
 
-// exp_approx on a vector, the same operations in the same order
-inline vf exp_approx(vf x) {
-  const vf lo = splat(-87.0f), hi = splat(88.0f), shift = splat(ROUNDING_SHIFT);
+// max(lo, x) and min(hi, x) lane-wise, NaN kept (x < lo ? lo : x, which GCC would compile to a
+// compare and a blend)
+inline vf clamp(vf x, vf lo, vf hi) {
+#if defined(__AVX512F__)
+  const __m512 low = _mm512_max_ps(reinterpret_cast<__m512>(lo), reinterpret_cast<__m512>(x));
+  return reinterpret_cast<vf>(_mm512_min_ps(reinterpret_cast<__m512>(hi), low));
+#elif defined(__AVX__)
+  const __m256 low = _mm256_max_ps(reinterpret_cast<__m256>(lo), reinterpret_cast<__m256>(x));
+  return reinterpret_cast<vf>(_mm256_min_ps(reinterpret_cast<__m256>(hi), low));
+#else
   x = x < lo ? lo : x;
-  x = x > hi ? hi : x;
+  return x > hi ? hi : x;
+#endif
+}
+
+// exp_approx on a vector, the same operations in the same order; the product by 2^n is one
+// vscalefps with AVX-512 (exact, as the multiplication by the power of two built from bits)
+inline vf exp_approx(vf x) {
+  x = clamp(x, splat(-87.0f), splat(88.0f));
+  const vf shift = splat(ROUNDING_SHIFT);
   const vf n = (x * 1.44269504088896341f + shift) - shift;
+#if defined(__AVX512F__)
+  return reinterpret_cast<vf>(_mm512_scalef_ps(reinterpret_cast<__m512>(exp_reduced(x, n)),
+                                               reinterpret_cast<__m512>(n)));
+#else
   const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
   return exp_reduced(x, n) * reinterpret_cast<vf>(bits);
+#endif
 }
 
 // 1 / d from the hardware's estimate and one Newton step (relative error ~1e-7): a vector
@@ -59,7 +79,7 @@ inline vf reciprocal(vf d) {
 #if defined(__AVX512F__)
   const vf r = reinterpret_cast<vf>(_mm512_rcp14_ps(reinterpret_cast<__m512>(d)));
   return r * (2.0f - d * r);
-#elif defined(__AVX2__)
+#elif defined(__AVX__)
   const vf r = reinterpret_cast<vf>(_mm256_rcp_ps(reinterpret_cast<__m256>(d)));
   return r * (2.0f - d * r);
 #else
