@@ -256,7 +256,7 @@ void copy_rows(const float* src, int64_t stride, int64_t n, int64_t d, float* ds
 void copy_transposed(const float* src, int64_t stride, int64_t n, int64_t d, float* dst,
                      int64_t ld, float* rows) {
   for (int64_t i = 0; i < n; ++i) copy_floats(rows + i * d, src + i * stride, d);
-  zero_floats(dst, d * ld);
+  for (int64_t c = 0; c < d; ++c) zero_floats(dst + c * ld + n, ld - n);
   for (int64_t i0 = 0; i0 < n; i0 += 16) {
     const int64_t i1 = std::min(n, i0 + 16);
     for (int64_t c = 0; c < d; ++c)
