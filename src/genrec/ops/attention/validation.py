@@ -6,6 +6,8 @@ import numbers
 
 import torch
 
+from genrec.ops.attention.memo import last_batch
+
 
 def _fail(message: str) -> None:
     raise ValueError(f"hstu_attention: {message}")
@@ -21,11 +23,26 @@ def _check_int_vector(name: str, t: torch.Tensor | None, size: int, device: torc
         _fail(f"{name} is on {t.device} but q is on {device}; move it to {device}")
 
 
+_stats_slot: list = [None]
+
+
+def _layout_stats(seq_offsets: torch.Tensor, num_candidates: torch.Tensor | None) -> list[int]:
+    """[first offset, last offset, shortest, longest (, fewest candidates, most candidates
+    beyond their sequence's length)]: one read back to the host, once per batch (every layer
+    validates the same seq_offsets)."""
+    lengths = seq_offsets[1:] - seq_offsets[:-1]
+    stats = [seq_offsets[0], seq_offsets[-1], lengths.min(), lengths.max()]
+    if num_candidates is not None:
+        stats += [num_candidates.min(), (num_candidates.to(lengths) - lengths).max()]
+    return torch.stack([s.long() for s in stats]).tolist()
+
+
 def validate(q, k, v, seq_offsets, max_seq_len, pos_weights, time_weights, timestamps,
              query_timestamps, num_candidates) -> int:
     """Check shapes, dtypes, devices and the jagged layout; return the longest sequence.
 
-    Reads a few statistics of seq_offsets and num_candidates back to the host (one sync).
+    Reads a few statistics of seq_offsets and num_candidates back to the host (one sync per
+    batch: they are remembered for the same tensors, unmodified).
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.dim() != 3:
@@ -67,12 +84,11 @@ def validate(q, k, v, seq_offsets, max_seq_len, pos_weights, time_weights, times
         if T:
             _fail(f"seq_offsets describes no sequence but q has {T} tokens")
         return 0
-    lengths = seq_offsets[1:] - seq_offsets[:-1]
-    stats = [seq_offsets[0], seq_offsets[-1], lengths.min(), lengths.max()]
     if num_candidates is not None:
         _check_int_vector("num_candidates", num_candidates, batch, q.device)
-        stats += [num_candidates.min(), (num_candidates.to(lengths) - lengths).max()]
-    first, last, shortest, longest, *cand = torch.stack([s.long() for s in stats]).tolist()
+    first, last, shortest, longest, *cand = last_batch(
+        _stats_slot, (seq_offsets, num_candidates), (),
+        lambda: _layout_stats(seq_offsets, num_candidates))
     if first != 0 or last != T:
         _fail(f"seq_offsets must start at 0 and end at T = {T}, got {first} … {last}")
     if shortest < 0:
