@@ -17,7 +17,7 @@ from attention_cases import CPU_CASES, loop_attention, make_case, nan_buffers, r
 from genrec.ops import layer as layer_module
 from genrec.ops import native
 from genrec.ops.attention import native as native_attention
-from genrec.ops.layer import hstu_layer, hstu_layer_reference
+from genrec.ops.layer import hstu_layer, hstu_layer_last, hstu_layer_reference
 
 EPS = 1e-6
 
@@ -199,3 +199,64 @@ def test_bad_attention_inputs_and_scale_are_named(native_only):
             call(case, w, timestamps=case.timestamps[:-1])
         with pytest.raises(ValueError, match="seq_offsets must start at 0 and end at T"):
             call(dataclasses.replace(case, seq_offsets=torch.tensor([0, 4, 9, 14])), w)
+
+
+# -- the last layer, for each sequence's last token -------------------------------------------
+
+def call_last(case, w: Weights, seq_scale=None) -> torch.Tensor:
+    tables = {name: None if t is None else t.detach()
+              for name, t in (("pos_weights", case.pos_weights),
+                              ("time_weights", case.time_weights))}
+    return hstu_layer_last(
+        w.x, w.w1, w.w2, w.b2, case.seq_offsets, case.max_seq_len, num_heads=case.q.shape[1],
+        attention_dim=case.q.shape[2], linear_dim=case.v.shape[2], alpha=case.alpha,
+        timestamps=case.timestamps, query_timestamps=case.query_timestamps,
+        seq_scale=seq_scale, eps=EPS, **tables)
+
+
+LAST_LAYOUTS = {
+    "single_token": dict(lengths=[1]),
+    "odd_lengths_both_biases": dict(lengths=[3, 7, 5, 9]),
+    "long_and_short": dict(lengths=[200, 3, 1, 150, 64, 65], max_seq_len=211, dqk=25, dv=25),
+    "time_only_odd_dims": dict(lengths=[70, 13, 1], pos=False, dqk=5, dv=3),
+    "no_bias": dict(lengths=[2, 71, 5], pos=False, time=False, max_seq_len=99),
+}
+
+
+@pytest.mark.parametrize("name", LAST_LAYOUTS)
+def test_native_last_layer_matches_float64_statement(name, monkeypatch):
+    monkeypatch.setattr(layer_module, "SEQUENCES_PER_THREAD", 0)
+    monkeypatch.setattr(native_attention, "new_output", nan_buffers)
+    monkeypatch.setattr(layer_module, "hstu_attention_last", None)  # the unfused path fails
+    case = make_case(**LAST_LAYOUTS[name])
+    heads, dqk, dv = case.q.shape[1], case.q.shape[2], case.v.shape[2]
+    w = make_weights(case.q.shape[0], 13, heads, dqk, dv, bias=name != "no_bias")
+    batch = len(case.seq_offsets) - 1
+    last = case.seq_offsets[1:] - 1
+    for scale in (None, torch.linspace(0.5, 2.0, batch, dtype=torch.float64)):
+        with torch.no_grad():
+            got = call_last(case, w, scale)
+        assert got.shape == (batch, 13) and not got.isnan().any()
+        assert relative_error(got, layer_float64(case, w, scale)[last]) < 1e-5, scale
+
+
+def test_native_last_layer_is_the_composed_path_bit_for_bit(monkeypatch):
+    case = make_case([90, 3, 41, 17, 1, 60, 33, 8, 120, 5], heads=2, dqk=25, dv=25,
+                     max_seq_len=128, seed=13)
+    w = make_weights(case.q.shape[0], 50, 2, 25, 25, seed=14)
+    seq_scale = torch.rand(10, dtype=torch.float64, generator=torch.Generator().manual_seed(15))
+    with torch.no_grad():
+        monkeypatch.setattr(layer_module, "SEQUENCES_PER_THREAD", 0)
+        fused = call_last(case, w, seq_scale)
+        monkeypatch.setattr(layer_module, "SEQUENCES_PER_THREAD", 10**9)
+        composed = call_last(case, w, seq_scale)
+        full = call(case, w, seq_scale)[case.seq_offsets[1:] - 1]
+    assert torch.equal(fused, composed)
+    assert relative_error(fused, full) < 1e-6
+
+
+def test_last_layer_needs_a_last_token(monkeypatch):
+    monkeypatch.setattr(layer_module, "SEQUENCES_PER_THREAD", 0)
+    case = make_case([4, 0, 6], heads=2, dqk=8, dv=8)
+    with torch.no_grad(), pytest.raises(ValueError, match="needs a last token"):
+        call_last(case, make_weights(10, 13, 2, 8, 8))

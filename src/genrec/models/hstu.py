@@ -30,10 +30,10 @@ from genrec.config import ModelConfig
 from genrec.data.batching import JaggedBatch
 from genrec.models.base import LayerKV, SequentialRetrievalModel
 from genrec.models.embeddings import InputEmbedding, l2_normalise, padded_length
-from genrec.ops import hstu_attention, hstu_attention_last
+from genrec.ops import hstu_attention
 from genrec.ops.dense import layer_norm_gate_linear, layer_norm_linear_silu
 from genrec.ops.dropout import Dropout
-from genrec.ops.layer import hstu_layer
+from genrec.ops.layer import hstu_layer, hstu_layer_last
 
 LAYER_NORM_EPS = 1e-6
 INIT_STD = 0.02  # Linear_1 and the rab tables
@@ -149,22 +149,17 @@ class HSTULayer(nn.Module):
     def forward_last(self, x: torch.Tensor, ctx: AttentionContext,
                      last: torch.Tensor) -> torch.Tensor:
         """``forward(x, ctx)[last]`` [B, d] for the last token of each sequence (``last`` [B]):
-        keys and values of every token, queries and attention for the last tokens only."""
-        hv, hqk, heads = self.num_heads * self.dv, self.num_heads * self.dqk, self.num_heads
-        w_u, w_v, w_q, w_k = torch.split(self.uvqk.weight, [hv, hv, hqk, hqk])
-        u, q = torch.split(layer_norm_linear_silu(x[last], torch.cat([w_u, w_q]), LAYER_NORM_EPS),
-                           [hv, hqk], dim=-1)  # [B, H·dv], [B, H·dqk]
-        v, k = torch.split(layer_norm_linear_silu(x, torch.cat([w_v, w_k]), LAYER_NORM_EPS),
-                           [hv, hqk], dim=-1)  # [T, H·dv], [T, H·dqk]
-        av = hstu_attention_last(
-            q.reshape(-1, heads, self.dqk), k.reshape(-1, heads, self.dqk),
-            v.reshape(-1, heads, self.dv), ctx.seq_offsets, self.normaliser, alpha=1.0,
+        keys and values of every token, queries and attention for the last tokens only
+        (``hstu_layer_last``)."""
+        if not torch.equal(last, ctx.seq_offsets[1:] - 1):
+            raise ValueError("forward_last: `last` must be each sequence's last token")
+        return hstu_layer_last(
+            x, self.uvqk.weight, self.output_proj.weight, self.output_proj.bias,
+            ctx.seq_offsets, self.normaliser, num_heads=self.num_heads,
+            attention_dim=self.dqk, linear_dim=self.dv, alpha=1.0,
             pos_weights=self.pos_weights, time_weights=self.time_weights,
             timestamps=ctx.timestamps, query_timestamps=ctx.query_timestamps,
-        )  # [B, H, dv]
-        if ctx.row_scale is not None:
-            av = av * ctx.row_scale[last].to(av.dtype)[:, None, None]
-        return self.output(x[last], u, av)
+            seq_scale=ctx.seq_scale, eps=LAYER_NORM_EPS)
 
 
 class HSTU(SequentialRetrievalModel):

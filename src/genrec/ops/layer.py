@@ -15,13 +15,19 @@ the sequence's rows, attends and applies the output step while its U, V, Q, K (1
 tokens of HSTU-large) stay in its cache, where the unfused steps write and read them back as
 [T, 200] buffers in memory. Same operations in the same order as the fast composition, so the
 same bits; evaluation and serving take this path.
+
+``hstu_layer_last`` is the layer for each sequence's last token only (``hstu_layer(…)[last]``),
+the last layer of a model that ranks from its last position: keys and values of every token,
+queries, attention and the output step for the last tokens. Natively, a task per sequence
+projects its V, K into the thread's cache and attends from there
+(``genrec_hstu_layer_last_f32``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from genrec.ops.attention import hstu_attention
+from genrec.ops.attention import hstu_attention, hstu_attention_last
 from genrec.ops.attention import native as native_attention
 from genrec.ops.attention.reference import hstu_attention_reference
 from genrec.ops.attention.validation import validate
@@ -122,16 +128,7 @@ def _native(x, uvqk_weight, output_weight, output_bias, seq_offsets, max_seq_len
             dv, alpha, pos_weights, time_weights, timestamps, query_timestamps, num_candidates,
             seq_scale, causal, eps) -> torch.Tensor:
     tokens, d = x.shape
-    width = heads * (2 * dv + 2 * dqk)
-    if uvqk_weight.shape != (width, d):
-        raise ValueError(f"hstu_layer: uvqk_weight must be [H·(2dv + 2dqk), d] = "
-                         f"[{width}, {d}], got {tuple(uvqk_weight.shape)}")
-    if output_weight.shape != (d, heads * dv):
-        raise ValueError(f"hstu_layer: output_weight must be [d, H·dv] = [{d}, {heads * dv}], "
-                         f"got {tuple(output_weight.shape)}")
-    if output_bias is not None and output_bias.shape != (d,):
-        raise ValueError(f"hstu_layer: output_bias must be [d] = [{d}], "
-                         f"got {tuple(output_bias.shape)}")
+    _check_weights(d, heads, dqk, dv, uvqk_weight, output_weight, output_bias)
     # the attention's checks, on zero-stride stand-ins of Q, K, V's shapes
     stand_in = x.new_zeros(1)
     q_like = stand_in.as_strided((tokens, heads, dqk), (0, 0, 0))
@@ -162,3 +159,101 @@ def _native(x, uvqk_weight, output_weight, output_bias, seq_offsets, max_seq_len
         layout.square_offsets.data_ptr(), pointer(scale), eps, out.data_ptr(),
         torch.get_num_threads())
     return out
+
+
+def hstu_layer_last_reference(x, uvqk_weight, output_weight, output_bias, seq_offsets,
+                              max_seq_len, *, num_heads, attention_dim, linear_dim, alpha=1.0,
+                              pos_weights=None, time_weights=None, timestamps=None,
+                              query_timestamps=None, seq_scale=None, eps) -> torch.Tensor:
+    """[B, d]: ``hstu_layer_reference`` at each sequence's last token."""
+    out = hstu_layer_reference(
+        x, uvqk_weight, output_weight, output_bias, seq_offsets, max_seq_len,
+        num_heads=num_heads, attention_dim=attention_dim, linear_dim=linear_dim, alpha=alpha,
+        pos_weights=pos_weights, time_weights=time_weights, timestamps=timestamps,
+        query_timestamps=query_timestamps, seq_scale=seq_scale, eps=eps)
+    return out[seq_offsets[1:] - 1]
+
+
+def hstu_layer_last(x: torch.Tensor, uvqk_weight: torch.Tensor, output_weight: torch.Tensor,
+                    output_bias: torch.Tensor | None, seq_offsets: torch.Tensor,
+                    max_seq_len: int, *, num_heads: int, attention_dim: int, linear_dim: int,
+                    alpha: float = 1.0, pos_weights: torch.Tensor | None = None,
+                    time_weights: torch.Tensor | None = None,
+                    timestamps: torch.Tensor | None = None,
+                    query_timestamps: torch.Tensor | None = None,
+                    seq_scale: torch.Tensor | None = None, eps: float) -> torch.Tensor:
+    """[B, d] = ``hstu_layer(...)[last]`` at each sequence's last token (causal, no
+    candidates; every sequence has at least one token); arguments as ``hstu_layer``."""
+    heads, dqk, dv = num_heads, attention_dim, linear_dim
+    hv, hqk = heads * dv, heads * dqk
+    last = seq_offsets[1:] - 1
+    w_u, w_v, w_q, w_k = torch.split(uvqk_weight, [hv, hv, hqk, hqk])
+    uq = layer_norm_linear_silu(x[last], torch.cat([w_u, w_q]), eps)  # [B, H·dv + H·dqk]
+    if _native_fits(x, uvqk_weight, output_weight, output_bias, seq_offsets, pos_weights,
+                    time_weights, seq_scale):
+        return _native_last(x, uq, torch.cat([w_v, w_k]), output_weight, output_bias,
+                            seq_offsets, max_seq_len, heads, dqk, dv, alpha, pos_weights,
+                            time_weights, timestamps, query_timestamps, seq_scale, eps)
+    u, q = torch.split(uq, [hv, hqk], dim=-1)
+    v, k = torch.split(layer_norm_linear_silu(x, torch.cat([w_v, w_k]), eps), [hv, hqk], dim=-1)
+    av = hstu_attention_last(
+        q.reshape(-1, heads, dqk), k.reshape(-1, heads, dqk), v.reshape(-1, heads, dv),
+        seq_offsets, max_seq_len, alpha=alpha, pos_weights=pos_weights,
+        time_weights=time_weights, timestamps=timestamps, query_timestamps=query_timestamps)
+    if seq_scale is not None:
+        av = av * seq_scale.to(av.dtype)[:, None, None]
+    return layer_norm_gate_linear(av.reshape(-1, hv), u, output_weight, output_bias, x[last],
+                                  eps=eps)
+
+
+def _native_last(x, uq, w_vk, output_weight, output_bias, seq_offsets, max_seq_len, heads, dqk,
+                 dv, alpha, pos_weights, time_weights, timestamps, query_timestamps, seq_scale,
+                 eps) -> torch.Tensor:
+    tokens, d = x.shape
+    _check_weights(d, heads, dqk, dv, None, output_weight, output_bias)
+    v_like = x.new_zeros(1).as_strided((tokens, heads, dv), (0, 0, 0))
+    k_like = x.new_zeros(1).as_strided((tokens, heads, dqk), (0, 0, 0))
+    validate(k_like, k_like, v_like, seq_offsets, max_seq_len, pos_weights, time_weights,
+             timestamps, query_timestamps, None)
+    batch = seq_offsets.numel() - 1
+    if seq_scale is not None and seq_scale.shape != (batch,):
+        raise ValueError(f"hstu_layer_last: seq_scale must be [B] = [{batch}], "
+                         f"got {tuple(seq_scale.shape)}")
+    offsets = seq_offsets.long().contiguous()
+    if batch and int((offsets[1:] - offsets[:-1]).min()) < 1:
+        raise ValueError("hstu_layer_last: every sequence needs a last token: seq_offsets "
+                         "has an empty sequence")
+    x, uq, w_vk, w2 = x.contiguous(), uq.contiguous(), w_vk.contiguous(), output_weight.contiguous()
+    b2 = None if output_bias is None else output_bias.contiguous()
+    pos = None if pos_weights is None else pos_weights.contiguous()
+    time = None if time_weights is None else time_weights.contiguous()
+    scale = None if seq_scale is None else seq_scale.to(torch.float32).contiguous()
+    ts = qts = edges = None
+    if time is not None:
+        ts, qts = timestamps.long().contiguous(), query_timestamps.long().contiguous()
+        edges = native_attention.thresholds()
+    out = native_attention.new_output((batch, d), x)
+    if batch == 0:
+        return out
+    pointer = native_attention.pointer
+    native_attention.library().genrec_hstu_layer_last_f32(
+        x.data_ptr(), d, w_vk.data_ptr(), uq.data_ptr(), uq.stride(0), w2.data_ptr(),
+        pointer(b2), offsets.data_ptr(), batch, heads, dqk, dv, max_seq_len, alpha,
+        pointer(pos), 0 if pos is None else pos.numel(), pointer(time),
+        0 if time is None else time.numel(), pointer(ts), pointer(qts), pointer(edges),
+        0 if edges is None else edges.numel(), pointer(scale), eps, out.data_ptr(),
+        torch.get_num_threads())
+    return out
+
+
+def _check_weights(d, heads, dqk, dv, uvqk_weight, output_weight, output_bias) -> None:
+    width = heads * (2 * dv + 2 * dqk)
+    if uvqk_weight is not None and uvqk_weight.shape != (width, d):
+        raise ValueError(f"hstu_layer: uvqk_weight must be [H·(2dv + 2dqk), d] = "
+                         f"[{width}, {d}], got {tuple(uvqk_weight.shape)}")
+    if output_weight.shape != (d, heads * dv):
+        raise ValueError(f"hstu_layer: output_weight must be [d, H·dv] = [{d}, {heads * dv}], "
+                         f"got {tuple(output_weight.shape)}")
+    if output_bias is not None and output_bias.shape != (d,):
+        raise ValueError(f"hstu_layer: output_bias must be [d] = [{d}], "
+                         f"got {tuple(output_bias.shape)}")

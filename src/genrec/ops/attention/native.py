@@ -48,6 +48,9 @@ _SIGNATURES = {
     "genrec_hstu_layer_forward_f32": [_VP, _I64, _VP, _VP, _VP, _VP, _I64, _I64, _I64, _I64,
                                       _I64, _F32, _INT, _VP, _VP, _I64, _VP, _I64, _VP, _VP,
                                       _VP, _F32, _VP, _INT],
+    "genrec_hstu_layer_last_f32": [_VP, _I64, _VP, _VP, _I64, _VP, _VP, _VP, _I64, _I64, _I64,
+                                   _I64, _I64, _F32, _VP, _I64, _VP, _I64, _VP, _VP, _VP, _I64,
+                                   _VP, _F32, _VP, _INT],
     "genrec_hstu_backward_f32": [_VP, _I64, _VP, _I64, _VP, _I64, _VP, _I64, _VP, _I64, _I64,
                                  _I64, _I64, _I64, _F32, _INT, _VP, _VP, _I64, _VP, _I64, _VP,
                                  _VP, _VP, _VP, _VP, _VP, _VP, _VP, _INT],
@@ -105,7 +108,7 @@ def _layout(seq_offsets, num_candidates, timestamps, query_timestamps, *, causal
         # the kernel reads whole vectors of a row's buckets, up to 64 bytes past the last row
         buckets = torch.empty(int(squares[-1]) + BUCKET_SLACK, dtype=torch.uint8)
         buckets[-BUCKET_SLACK:] = 0
-        edges = _thresholds()
+        edges = thresholds()
         ts, qts = timestamps.long().contiguous(), query_timestamps.long().contiguous()
         library().genrec_hstu_time_buckets(
             ts.data_ptr(), qts.data_ptr(), offsets.data_ptr(), lengths.numel(),
@@ -117,7 +120,7 @@ def _layout(seq_offsets, num_candidates, timestamps, query_timestamps, *, causal
 _edges: list[torch.Tensor] = []
 
 
-def _thresholds() -> torch.Tensor:
+def thresholds() -> torch.Tensor:
     """The finite bucket edges (thresholds[k]: the smallest gap of bucket ≥ k)."""
     if not _edges:
         edges = bucket_thresholds(THRESHOLD_COUNT)
@@ -297,7 +300,7 @@ def hstu_attention_last(q_last, k, v, seq_offsets, max_seq_len, alpha, pos_weigh
     ts = qts = edges = None
     if time is not None:
         ts, qts = timestamps.long().contiguous(), query_timestamps.long().contiguous()
-        edges = _thresholds()
+        edges = thresholds()
     library().genrec_hstu_forward_last_f32(
         q_last.data_ptr(), qs, k.data_ptr(), ks, v.data_ptr(), vs, offsets.data_ptr(), batch,
         heads, dqk, dv, max_seq_len, alpha, pointer(pos), 0 if pos is None else pos.numel(),

@@ -711,6 +711,47 @@ inline void time_buckets8(const int64_t*, int64_t, int64_t, int64_t, const int64
                           int64_t, uint8_t*) {}
 #endif
 
+// The time buckets of the last row of a sequence (n keys from ts, query time qt) into bk[0, n)
+inline void last_row_buckets(const int64_t* ts, int64_t qt, int64_t n, const int64_t* thresholds,
+                             int64_t num_thresholds, int64_t num_buckets, uint8_t* bk) {
+  if constexpr (VECTOR_BUCKETS) {
+    for (int64_t j0 = 0; j0 < n; j0 += 8)
+      time_buckets8(ts, qt, j0, n, thresholds, num_thresholds, num_buckets, bk);
+  } else {
+    for (int64_t j = 0; j < n; ++j)
+      bk[j] = time_bucket(qt - ts[j], thresholds, num_thresholds, num_buckets);
+  }
+}
+
+// out [H, dv] = scale * the attention of a sequence's last row (query q [H, dqk]) over its n
+// keys and values (rows from the sequence's first token at the given strides); bk: the row's
+// time buckets (zero from n up to whole vectors), row: scratch of round_up(n, VL) floats.
+inline void last_row_attention(const Hstu& policy, int64_t heads, int64_t dqk, int64_t dv,
+                               const float* q, const float* k, int64_t k_stride, const float* v,
+                               int64_t v_stride, int64_t n, const uint8_t* bk, float scale,
+                               float* row, float* out) {
+  const int64_t width = round_up(n, VL);
+  for (int64_t h = 0; h < heads; ++h) {
+    const float* qh = q + h * dqk;
+    for (int64_t j = 0; j < n; ++j) {
+      const float* kj = k + j * k_stride + h * dqk;
+      float dot = 0.0f;
+      for (int64_t c = 0; c < dqk; ++c) dot += qh[c] * kj[c];
+      row[j] = dot;
+    }
+    zero_floats(row + n, width - n);
+    policy.weights(policy.bias_at(n - 1, width, bk), nullptr, n, width, row);
+    float* oh = out + h * dv;
+    zero_floats(oh, dv);
+    for (int64_t j = 0; j < n; ++j) {
+      const float* vj = v + j * v_stride + h * dv;
+      for (int64_t c = 0; c < dv; ++c) oh[c] += row[j] * vj[c];
+    }
+    if (scale != 1.0f)
+      for (int64_t c = 0; c < dv; ++c) oh[c] *= scale;
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -786,35 +827,14 @@ void genrec_hstu_forward_last_f32(const float* q_last, int64_t q_stride, const f
 #pragma omp for schedule(dynamic, 4)
 #endif
     for (int64_t b = 0; b < batch; ++b) {
-      const int64_t o = offsets[b], n = offsets[b + 1] - o, width = round_up(n, VL);
-      float* row = scratch(row_buf, width);
-      uint8_t* bk = scratch(bucket_buf, width + VL);  // zero past n: whole-vector reads
-      if (time != nullptr && VECTOR_BUCKETS) {
-        for (int64_t j0 = 0; j0 < n; j0 += 8)
-          time_buckets8(ts + o, qts[o + n - 1], j0, n, thresholds, num_thresholds, num_buckets,
-                        bk);
-      } else if (time != nullptr) {
-        for (int64_t j = 0; j < n; ++j)
-          bk[j] = time_bucket(qts[o + n - 1] - ts[o + j], thresholds, num_thresholds,
-                              num_buckets);
-      }
-      for (int64_t h = 0; h < heads; ++h) {
-        const float* qh = q_last + b * q_stride + h * dqk;
-        for (int64_t j = 0; j < n; ++j) {
-          const float* kj = k + (o + j) * k_stride + h * dqk;
-          float dot = 0.0f;
-          for (int64_t c = 0; c < dqk; ++c) dot += qh[c] * kj[c];
-          row[j] = dot;
-        }
-        zero_floats(row + n, width - n);
-        policy.weights(policy.bias_at(n - 1, width, bk), nullptr, n, width, row);
-        float* oh = out + (b * heads + h) * dv;
-        zero_floats(oh, dv);
-        for (int64_t j = 0; j < n; ++j) {
-          const float* vj = v + (o + j) * v_stride + h * dv;
-          for (int64_t c = 0; c < dv; ++c) oh[c] += row[j] * vj[c];
-        }
-      }
+      const int64_t o = offsets[b], n = offsets[b + 1] - o;
+      float* row = scratch(row_buf, round_up(n, VL));
+      uint8_t* bk = scratch(bucket_buf, round_up(n, VL) + VL);  // zero past n
+      if (time != nullptr)
+        last_row_buckets(ts + o, qts[o + n - 1], n, thresholds, num_thresholds, num_buckets, bk);
+      last_row_attention(policy, heads, dqk, dv, q_last + b * q_stride, k + o * k_stride,
+                         k_stride, v + o * v_stride, v_stride, n, bk, 1.0f, row,
+                         out + b * heads * dv);
       std::fill(bk, bk + n, uint8_t{0});  // the next sequence's zero tail
     }
   }
@@ -881,6 +901,72 @@ void genrec_hstu_layer_forward_f32(const float* x, int64_t d, const float* w1, c
             t0, std::min(dense::BLOCK, n - t0), hv, wt2.data(), npad2, norm,
             [&](int64_t i, float* row) { output.prepare(i, row); },
             [&](int64_t i, int64_t col, vf y) { output.emit(i, col, y); });
+    }
+  }
+}
+
+// The last layer at inference, for each sequence's last token only (a task per sequence):
+//
+//   V, K  = split(SiLU(LayerNorm(x) Wvk^T))     every token; Wvk [H dv + H dqk, d]
+//   AV    = seq_scale[b] * the last row's attention (genrec_hstu_forward_last_f32's)
+//   out_b = x_last + (LayerNorm(AV) * U_last) W2^T + b2
+//
+// uq_last [B, H dv + H dqk] (row stride ld_uq): each last token's U and Q, projected by the
+// caller; x [T, d] contiguous, out [B, d]. The same operations as genrec_dense_project_f32,
+// genrec_hstu_forward_last_f32 and genrec_dense_output_f32 one after the other, with a
+// sequence's V and K in the thread's scratch instead of a [T, .] buffer in memory.
+void genrec_hstu_layer_last_f32(const float* x, int64_t d, const float* w_vk,
+                                const float* uq_last, int64_t ld_uq, const float* w2,
+                                const float* b2, const int64_t* offsets, int64_t batch,
+                                int64_t heads, int64_t dqk, int64_t dv, int64_t max_seq_len,
+                                float alpha, const float* pos, int64_t pos_size,
+                                const float* time, int64_t num_buckets, const int64_t* ts,
+                                const int64_t* qts, const int64_t* thresholds,
+                                int64_t num_thresholds, const float* seq_scale, float eps,
+                                float* out, int threads) {
+  const Hstu policy{alpha, 1.0f / static_cast<float>(max_seq_len), max_seq_len, pos, pos_size,
+                    time, num_buckets, nullptr, nullptr, 0, 0};
+  const int64_t hv = heads * dv, width_vk = hv + heads * dqk;
+  const int64_t npad_vk = round_up(width_vk, VL), npad2 = round_up(d, VL);
+  const std::vector<float> wt_vk = dense::pack_transposed(w_vk, width_vk, d, npad_vk);
+  const std::vector<float> wt2 = dense::pack_transposed(w2, d, hv, npad2);
+  std::vector<float> bias(npad2, 0.0f);
+  if (b2 != nullptr) std::copy(b2, b2 + d, bias.begin());
+  Problem p{offsets, batch, heads, dqk, dv, alpha, 1, nullptr, nullptr, threads};
+  const std::vector<int64_t> order = task_order(p, heads);
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+#endif
+  {
+    std::vector<float> norm_buf, vk_buf, row_buf, av_buf;
+    std::vector<uint8_t> bucket_buf;
+    float* norm = scratch(norm_buf, dense::BLOCK * std::max(d, hv));
+    float* av = scratch(av_buf, hv);
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+    for (int64_t t = 0; t < static_cast<int64_t>(order.size()); ++t) {
+      const int64_t b = order[t], o = offsets[b], n = offsets[b + 1] - o;
+      float* vk = scratch(vk_buf, n * npad_vk);
+      const dense::Project project{x + o * d, d, d, eps, vk, npad_vk, width_vk, true};
+      for (int64_t t0 = 0; t0 < n; t0 += dense::BLOCK)
+        dense::block(
+            t0, std::min(dense::BLOCK, n - t0), d, wt_vk.data(), npad_vk, norm,
+            [&](int64_t i, float* row) { project.prepare(i, row); },
+            [&](int64_t i, int64_t col, vf y) { project.emit(i, col, y); });
+      float* row = scratch(row_buf, round_up(n, VL));
+      uint8_t* bk = scratch(bucket_buf, round_up(n, VL) + VL);  // zero past n
+      if (time != nullptr)
+        last_row_buckets(ts + o, qts[o + n - 1], n, thresholds, num_thresholds, num_buckets, bk);
+      last_row_attention(policy, heads, dqk, dv, uq_last + b * ld_uq + hv, vk + hv, npad_vk, vk,
+                         npad_vk, n, bk, seq_scale != nullptr ? seq_scale[b] : 1.0f, row, av);
+      std::fill(bk, bk + n, uint8_t{0});
+      const dense::Output output{av,          hv, uq_last + b * ld_uq,      ld_uq,       hv, eps,
+                                 bias.data(), x + (o + n - 1) * d, d, out + b * d, d,  d};
+      dense::block(
+          0, 1, hv, wt2.data(), npad2, norm,
+          [&](int64_t i, float* r) { output.prepare(i, r); },
+          [&](int64_t i, int64_t col, vf y) { output.emit(i, col, y); });
     }
   }
 }
