@@ -488,8 +488,9 @@ struct ForwardScratch {
 // Heads h0 .. h0 + group - 1 of sequence b: q, k, v point at the sequence's first token's rows
 // (row strides given, each row's [H, d] contiguous), out at its first output row (row stride
 // out_stride, head h's dv floats at h * dv). out rows = scale * the heads' attention. Per block
-// of MR query rows the policy's shared bias terms are computed once (block_bias), then each
-// head runs its products and rows. saved: null, or per allowed pair at Problem::pairs(b, h) + i * n + j (what the
+// of MR query rows the policy's shared bias terms are computed once (block_bias; a lone head
+// computes them in its rows instead, the same values), then each head runs its products and
+// rows. saved: null, or per allowed pair at Problem::pairs(b, h) + i * n + j (what the
 // policy's backward reads, unless it recomputes). The same operations whatever the group.
 template <typename Policy>
 void forward_heads(const Problem& p, const Policy& policy, int64_t b, int64_t h0, int64_t group,
@@ -514,7 +515,7 @@ void forward_heads(const Problem& p, const Policy& policy, int64_t b, int64_t h0
   for (int64_t i0 = 0; i0 < n; i0 += MR) {
     const int64_t block_end = p.causal ? std::min(n, i0 + MR) : n;  // keys of the block
     const int64_t width = round_up(block_end, VL);
-    policy.block_bias(b, i0, n, width, bias, cols);
+    if (group > 1) policy.block_bias(b, i0, n, width, bias, cols);  // shared by the heads
     for (int64_t g = 0; g < group; ++g) {
       const int64_t h = h0 + g, pairs = p.pairs(b, h);
       product_nt(qs + g * rows * dqk + i0 * dqk, dqk, kt + g * dqk * cols, cols, dqk, width, s,
@@ -529,7 +530,7 @@ void forward_heads(const Problem& p, const Policy& policy, int64_t b, int64_t h0
         const int64_t end = p.key_end(i, n);
         policy.forward_row(b, i, n, end, width, candidate_start(p, b, i, end), pairs + i * n,
                            row, saved == nullptr ? nullptr : saved + pairs + i * n,
-                           bias + r * cols);
+                           group > 1 ? bias + r * cols : nullptr);
       }
       product_nn(s, cols, block_end, vs + g * cols * wv, wv, wv, acc, wv, scale);
       for (int r = 0; r < MR && i0 + r < n; ++r)
