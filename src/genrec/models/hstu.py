@@ -138,13 +138,8 @@ class HSTULayer(nn.Module):
         if self.training and self.dropout.p > 0:
             u, q, k, v = self.project(x)
             return self.output(x, u, self.attend(q, k, v, ctx))
-        return hstu_layer(
-            x, self.uvqk.weight, self.output_proj.weight, self.output_proj.bias,
-            ctx.seq_offsets, self.normaliser, num_heads=self.num_heads,
-            attention_dim=self.dqk, linear_dim=self.dv, alpha=1.0,
-            pos_weights=self.pos_weights, time_weights=self.time_weights,
-            timestamps=ctx.timestamps, query_timestamps=ctx.query_timestamps,
-            num_candidates=ctx.num_candidates, seq_scale=ctx.seq_scale, eps=LAYER_NORM_EPS)
+        return hstu_layer(x, *self._weights(), ctx.seq_offsets, self.normaliser,
+                          num_candidates=ctx.num_candidates, **self._attention_args(ctx))
 
     def forward_last(self, x: torch.Tensor, ctx: AttentionContext,
                      last: torch.Tensor) -> torch.Tensor:
@@ -153,13 +148,18 @@ class HSTULayer(nn.Module):
         (``hstu_layer_last``)."""
         if not torch.equal(last, ctx.seq_offsets[1:] - 1):
             raise ValueError("forward_last: `last` must be each sequence's last token")
-        return hstu_layer_last(
-            x, self.uvqk.weight, self.output_proj.weight, self.output_proj.bias,
-            ctx.seq_offsets, self.normaliser, num_heads=self.num_heads,
-            attention_dim=self.dqk, linear_dim=self.dv, alpha=1.0,
-            pos_weights=self.pos_weights, time_weights=self.time_weights,
-            timestamps=ctx.timestamps, query_timestamps=ctx.query_timestamps,
-            seq_scale=ctx.seq_scale, eps=LAYER_NORM_EPS)
+        return hstu_layer_last(x, *self._weights(), ctx.seq_offsets, self.normaliser,
+                               **self._attention_args(ctx))
+
+    def _weights(self) -> tuple:
+        return self.uvqk.weight, self.output_proj.weight, self.output_proj.bias
+
+    def _attention_args(self, ctx: AttentionContext) -> dict:
+        """The keyword arguments of ``hstu_layer`` / ``hstu_layer_last`` besides the weights."""
+        return dict(num_heads=self.num_heads, attention_dim=self.dqk, linear_dim=self.dv,
+                    alpha=1.0, pos_weights=self.pos_weights, time_weights=self.time_weights,
+                    timestamps=ctx.timestamps, query_timestamps=ctx.query_timestamps,
+                    seq_scale=ctx.seq_scale, eps=LAYER_NORM_EPS)
 
 
 class HSTU(SequentialRetrievalModel):

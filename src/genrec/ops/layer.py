@@ -128,17 +128,9 @@ def _native(x, uvqk_weight, output_weight, output_bias, seq_offsets, max_seq_len
             dv, alpha, pos_weights, time_weights, timestamps, query_timestamps, num_candidates,
             seq_scale, causal, eps) -> torch.Tensor:
     tokens, d = x.shape
-    _check_weights(d, heads, dqk, dv, uvqk_weight, output_weight, output_bias)
-    # the attention's checks, on zero-stride stand-ins of Q, K, V's shapes
-    stand_in = x.new_zeros(1)
-    q_like = stand_in.as_strided((tokens, heads, dqk), (0, 0, 0))
-    v_like = stand_in.as_strided((tokens, heads, dv), (0, 0, 0))
-    validate(q_like, q_like, v_like, seq_offsets, max_seq_len, pos_weights, time_weights,
-             timestamps, query_timestamps, num_candidates)
-    batch = seq_offsets.numel() - 1
-    if seq_scale is not None and seq_scale.shape != (batch,):
-        raise ValueError(f"hstu_layer: seq_scale must be [B] = [{batch}], "
-                         f"got {tuple(seq_scale.shape)}")
+    batch = _check_inputs("hstu_layer", x, uvqk_weight, output_weight, output_bias,
+                          seq_offsets, max_seq_len, heads, dqk, dv, pos_weights, time_weights,
+                          timestamps, query_timestamps, num_candidates, seq_scale)
     layout = native_attention.layout_for(
         seq_offsets, num_candidates, timestamps, query_timestamps, causal=causal,
         num_buckets=0 if time_weights is None else time_weights.numel())
@@ -209,16 +201,10 @@ def hstu_layer_last(x: torch.Tensor, uvqk_weight: torch.Tensor, output_weight: t
 def _native_last(x, uq, w_vk, output_weight, output_bias, seq_offsets, max_seq_len, heads, dqk,
                  dv, alpha, pos_weights, time_weights, timestamps, query_timestamps, seq_scale,
                  eps) -> torch.Tensor:
-    tokens, d = x.shape
-    _check_weights(d, heads, dqk, dv, None, output_weight, output_bias)
-    v_like = x.new_zeros(1).as_strided((tokens, heads, dv), (0, 0, 0))
-    k_like = x.new_zeros(1).as_strided((tokens, heads, dqk), (0, 0, 0))
-    validate(k_like, k_like, v_like, seq_offsets, max_seq_len, pos_weights, time_weights,
-             timestamps, query_timestamps, None)
-    batch = seq_offsets.numel() - 1
-    if seq_scale is not None and seq_scale.shape != (batch,):
-        raise ValueError(f"hstu_layer_last: seq_scale must be [B] = [{batch}], "
-                         f"got {tuple(seq_scale.shape)}")
+    d = x.shape[1]
+    batch = _check_inputs("hstu_layer_last", x, None, output_weight, output_bias, seq_offsets,
+                          max_seq_len, heads, dqk, dv, pos_weights, time_weights, timestamps,
+                          query_timestamps, None, seq_scale)
     offsets = seq_offsets.long().contiguous()
     if batch and int((offsets[1:] - offsets[:-1]).min()) < 1:
         raise ValueError("hstu_layer_last: every sequence needs a last token: seq_offsets "
@@ -246,14 +232,29 @@ def _native_last(x, uq, w_vk, output_weight, output_bias, seq_offsets, max_seq_l
     return out
 
 
-def _check_weights(d, heads, dqk, dv, uvqk_weight, output_weight, output_bias) -> None:
+def _check_inputs(op, x, uvqk_weight, output_weight, output_bias, seq_offsets, max_seq_len,
+                  heads, dqk, dv, pos_weights, time_weights, timestamps, query_timestamps,
+                  num_candidates, seq_scale) -> int:
+    """The weights' shapes, the attention's checks (on zero-stride stand-ins of Q, K, V's
+    shapes) and seq_scale's; returns the number of sequences."""
+    tokens, d = x.shape
     width = heads * (2 * dv + 2 * dqk)
     if uvqk_weight is not None and uvqk_weight.shape != (width, d):
-        raise ValueError(f"hstu_layer: uvqk_weight must be [H·(2dv + 2dqk), d] = "
-                         f"[{width}, {d}], got {tuple(uvqk_weight.shape)}")
+        raise ValueError(f"{op}: uvqk_weight must be [H·(2dv + 2dqk), d] = [{width}, {d}], "
+                         f"got {tuple(uvqk_weight.shape)}")
     if output_weight.shape != (d, heads * dv):
-        raise ValueError(f"hstu_layer: output_weight must be [d, H·dv] = [{d}, {heads * dv}], "
+        raise ValueError(f"{op}: output_weight must be [d, H·dv] = [{d}, {heads * dv}], "
                          f"got {tuple(output_weight.shape)}")
     if output_bias is not None and output_bias.shape != (d,):
-        raise ValueError(f"hstu_layer: output_bias must be [d] = [{d}], "
+        raise ValueError(f"{op}: output_bias must be [d] = [{d}], "
                          f"got {tuple(output_bias.shape)}")
+    stand_in = x.new_zeros(1)
+    q_like = stand_in.as_strided((tokens, heads, dqk), (0, 0, 0))
+    v_like = stand_in.as_strided((tokens, heads, dv), (0, 0, 0))
+    validate(q_like, q_like, v_like, seq_offsets, max_seq_len, pos_weights, time_weights,
+             timestamps, query_timestamps, num_candidates)
+    batch = seq_offsets.numel() - 1
+    if seq_scale is not None and seq_scale.shape != (batch,):
+        raise ValueError(f"{op}: seq_scale must be [B] = [{batch}], "
+                         f"got {tuple(seq_scale.shape)}")
+    return batch

@@ -753,6 +753,17 @@ inline void last_row_attention(const Hstu& policy, int64_t heads, int64_t dqk, i
   }
 }
 
+// Rows [0, n) of a sequence through the project step (its x rows and output in `step`), in
+// blocks of dense::BLOCK rows normalised into `norm`.
+inline void project_rows(const dense::Project& step, int64_t n, const float* wt, int64_t npad,
+                         float* norm) {
+  for (int64_t t0 = 0; t0 < n; t0 += dense::BLOCK)
+    dense::block(
+        t0, std::min(dense::BLOCK, n - t0), step.K, wt, npad, norm,
+        [&](int64_t i, float* row) { step.prepare(i, row); },
+        [&](int64_t i, int64_t col, vf y) { step.emit(i, col, y); });
+}
+
 }  // namespace
 
 extern "C" {
@@ -886,12 +897,8 @@ void genrec_hstu_layer_forward_f32(const float* x, int64_t d, const float* w1, c
       if (n == 0) continue;
       float* uvqk = scratch(uvqk_buf, n * npad1);  // U, V, Q, K of the sequence's rows
       float* av = scratch(av_buf, n * hv);
-      const dense::Project project{x + o * d, d, d, eps, uvqk, npad1, width1, true};
-      for (int64_t t0 = 0; t0 < n; t0 += dense::BLOCK)
-        dense::block(
-            t0, std::min(dense::BLOCK, n - t0), d, wt1.data(), npad1, norm,
-            [&](int64_t i, float* row) { project.prepare(i, row); },
-            [&](int64_t i, int64_t col, vf y) { project.emit(i, col, y); });
+      project_rows({x + o * d, d, d, eps, uvqk, npad1, width1, true}, n, wt1.data(), npad1,
+                   norm);
       const float scale = seq_scale != nullptr ? seq_scale[b] : 1.0f;
       forward_heads(p, policy, b, 0, heads, uvqk + 2 * hv, npad1, uvqk + 2 * hv + heads * dqk,
                     npad1, uvqk + hv, npad1, av, hv, scale, nullptr, w);
@@ -949,12 +956,8 @@ void genrec_hstu_layer_last_f32(const float* x, int64_t d, const float* w_vk,
     for (int64_t t = 0; t < static_cast<int64_t>(order.size()); ++t) {
       const int64_t b = order[t], o = offsets[b], n = offsets[b + 1] - o;
       float* vk = scratch(vk_buf, n * npad_vk);
-      const dense::Project project{x + o * d, d, d, eps, vk, npad_vk, width_vk, true};
-      for (int64_t t0 = 0; t0 < n; t0 += dense::BLOCK)
-        dense::block(
-            t0, std::min(dense::BLOCK, n - t0), d, wt_vk.data(), npad_vk, norm,
-            [&](int64_t i, float* row) { project.prepare(i, row); },
-            [&](int64_t i, int64_t col, vf y) { project.emit(i, col, y); });
+      project_rows({x + o * d, d, d, eps, vk, npad_vk, width_vk, true}, n, wt_vk.data(),
+                   npad_vk, norm);
       float* row = scratch(row_buf, round_up(n, VL));
       uint8_t* bk = scratch(bucket_buf, round_up(n, VL) + VL);  // zero past n
       if (time != nullptr)
