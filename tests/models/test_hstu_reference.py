@@ -13,6 +13,7 @@ import torch
 from model_fixtures import random_batch, small_config
 
 from genrec.models.hstu import HSTU, HSTULayer, attention_context
+from genrec.ops import layer as fused_layers
 from genrec.ops.attention import time_buckets
 
 # ---------------------------------------------------------------------------------------------
@@ -181,10 +182,10 @@ def test_layer_time_bias_uses_hand_computed_buckets_of_query_time_gaps():
 
 
 @pytest.mark.parametrize("attn_norm", ["padded", "length"])
-def test_fp32_inference_path_matches_float64_loop_reference(attn_norm):
-    """Evaluation's path: fp32, no gradients, 9 sequences (>= 4 per thread on 2 threads), so
-    the fused native layer (genrec.ops.layer) runs, and the last layer's dense and
-    last-token kernels."""
+def test_fp32_inference_path_matches_float64_loop_reference(attn_norm, monkeypatch):
+    """Evaluation's path: fp32, no gradients, so the fused native layers (genrec.ops.layer)
+    run, whatever the thread count."""
+    monkeypatch.setattr(fused_layers, "SEQUENCES_PER_THREAD", 0)
     model = HSTU(small_config(attn_norm=attn_norm), num_items=40).eval()
     randomise(model)
     batch = random_batch([5, 1, 7, 10, 3, 8, 2, 6, 4], seed=4)

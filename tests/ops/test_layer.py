@@ -250,3 +250,39 @@ def test_last_layer_needs_a_last_token(monkeypatch):
     case = make_case([4, 0, 6], heads=2, dqk=8, dv=8)
     with torch.no_grad(), pytest.raises(ValueError, match="needs a last token"):
         call_last(case, make_weights(10, 13, 2, 8, 8))
+
+
+def test_dispatch_keeps_what_the_native_call_cannot(monkeypatch):
+    """A seq_scale that needs a gradient, a broadcast bias, or another attention backend
+    named by GENREC_ATTENTION_BACKEND: the composition runs."""
+    calls = []
+    monkeypatch.setattr(layer_module, "SEQUENCES_PER_THREAD", 0)
+    monkeypatch.setattr(native_attention.library(), "genrec_hstu_layer_forward_f32",
+                        lambda *args: calls.append(args))
+    case = make_case([9, 4, 12], heads=2, dqk=8, dv=8, seed=16)
+    w = make_weights(25, 13, 2, 8, 8, seed=17)
+    scale = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    out = call(case, w, scale)
+    assert out.requires_grad and calls == []
+    (grad,) = torch.autograd.grad(out.sum(), scale)
+    assert grad.abs().sum() > 0
+    with torch.no_grad():
+        broadcast = call(case, dataclasses.replace(w, b2=torch.full((1,), 0.25)))
+        monkeypatch.setenv("GENREC_ATTENTION_BACKEND", "torch")
+        torch_backend = call(case, w)
+    assert calls == []
+    full = layer_float64(case, dataclasses.replace(w, b2=torch.full((13,), 0.25)), None)
+    assert relative_error(broadcast, full) < 1e-5
+    assert relative_error(torch_backend, layer_float64(case, w, None)) < 1e-5
+
+
+@pytest.mark.parametrize("size", ["num_heads", "attention_dim", "linear_dim"])
+def test_a_layer_needs_heads_and_features(size):
+    case = make_case([4, 5], heads=2, dqk=8, dv=8)
+    w = make_weights(9, 13, 2, 8, 8)
+    with torch.no_grad(), pytest.raises(ValueError, match="at least one head and one feature"):
+        call(case, w, **{size: 0})
+    with torch.no_grad(), pytest.raises(ValueError, match="at least one head and one feature"):
+        sizes = {"num_heads": 2, "attention_dim": 8, "linear_dim": 8, size: 0}
+        hstu_layer_last(w.x, w.w1, w.w2, w.b2, case.seq_offsets, case.max_seq_len, eps=EPS,
+                        **sizes)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from attention_cases import make_case, output_and_grads, relative_error
 
-from genrec.ops import gather_dot, native
+from genrec.ops import gather_dot, layer, native
 from genrec.ops.attention import hstu_attention_reference
 from genrec.ops.attention import native as native_attention
 from genrec.ops.dense import (
@@ -85,12 +85,20 @@ def _has_avx2() -> bool:
         return False
 
 
-@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or not _has_avx2(),
-                    reason="the AVX2 code paths exist for x86-64 CPUs with AVX2 only")
-def test_avx2_builds_match_the_reference(fresh, monkeypatch):
-    """The 8-lane code (AVX2 without AVX-512: the issue's laptop) where this CPU builds 16."""
+X86 = platform.machine() in ("x86_64", "AMD64")
+
+
+@pytest.mark.parametrize("arch", [
+    pytest.param("haswell", marks=pytest.mark.skipif(
+        not (X86 and _has_avx2()), reason="AVX2 code paths: x86-64 CPUs with AVX2 only")),
+    pytest.param("x86-64", marks=pytest.mark.skipif(not X86, reason="an x86-64 baseline")),
+])
+def test_portable_builds_match_the_reference(arch, fresh, monkeypatch):
+    """Builds for other CPUs than this one (which builds 16-lane AVX-512 code): the 8-lane
+    AVX2 code (the issue's laptop), and a baseline x86-64 build without AVX, whose vectors are
+    the compiler's generic ones (as on CPUs without an x86 SIMD path)."""
     monkeypatch.setattr(native, "FLAGS", tuple(
-        "-march=haswell" if flag == "-march=native" else flag for flag in native.FLAGS))
+        f"-march={arch}" if flag == "-march=native" else flag for flag in native.FLAGS))
     g = torch.Generator().manual_seed(0)
     x, w = torch.randn(70, 50, generator=g), torch.randn(200, 50, generator=g)
     with torch.no_grad():
@@ -110,4 +118,20 @@ def test_avx2_builds_match_the_reference(fresh, monkeypatch):
     want = output_and_grads(reference_fn, case.cast(torch.float64))
     for i, (a, b) in enumerate(zip(got, want, strict=True)):
         assert relative_error(a, b) < 1e-5, f"result {i}"
+
+    # the whole layer per sequence (attention.cpp with dense.h), native however few sequences
+    monkeypatch.setattr(layer, "SEQUENCES_PER_THREAD", 0)
+    tokens = case.q.shape[0]
+    w1, w2 = torch.randn(200, 50, generator=g) * 0.3, torch.randn(50, 50, generator=g) * 0.3
+    x, b2 = torch.randn(tokens, 50, generator=g), torch.randn(50, generator=g)
+    args = dict(num_heads=2, attention_dim=25, linear_dim=25, alpha=case.alpha,
+                timestamps=case.timestamps, query_timestamps=case.query_timestamps, eps=1e-6)
+    tables = (case.pos_weights.detach(), case.time_weights.detach())
+    with torch.no_grad():
+        got = layer.hstu_layer(x, w1, w2, b2, case.seq_offsets, case.max_seq_len, **args,
+                               pos_weights=tables[0], time_weights=tables[1])
+    want = layer.hstu_layer_reference(
+        *(t.double() for t in (x, w1, w2, b2)), case.seq_offsets, case.max_seq_len, **args,
+        pos_weights=tables[0].double(), time_weights=tables[1].double())
+    assert relative_error(got, want) < 1e-5
     assert {p.name.split("-")[0] for p in fresh.iterdir()} == {"attention", "dense"}

@@ -29,6 +29,7 @@ import torch
 
 from genrec.ops.attention import hstu_attention, hstu_attention_last
 from genrec.ops.attention import native as native_attention
+from genrec.ops.attention import pick_backend as attention_backend
 from genrec.ops.attention.reference import hstu_attention_reference
 from genrec.ops.attention.validation import validate
 from genrec.ops.dense import (
@@ -74,6 +75,7 @@ def hstu_layer(x: torch.Tensor, uvqk_weight: torch.Tensor, output_weight: torch.
             (cast to x's dtype), e.g. N / n_b for per-length normalisation.
         eps: the layer norms' epsilon.
     """
+    _check_sizes("hstu_layer", num_heads, attention_dim, linear_dim)
     if _native_fits(x, uvqk_weight, output_weight, output_bias, seq_offsets, pos_weights,
                     time_weights, seq_scale):
         return _native(x, uvqk_weight, output_weight, output_bias, seq_offsets, max_seq_len,
@@ -110,15 +112,20 @@ def _compose(x, uvqk_weight, output_weight, output_bias, seq_offsets, max_seq_le
 
 def _native_fits(x, uvqk_weight, output_weight, output_bias, seq_offsets, pos_weights,
                  time_weights, seq_scale) -> bool:
-    """fp32 CPU tensors, nothing to differentiate, not compiling, the library built, and
-    sequences enough for a task per sequence."""
+    """fp32 CPU tensors, nothing to differentiate, not compiling, the CPU attention backend
+    (``GENREC_ATTENTION_BACKEND`` may name another), the library built, and sequences enough
+    for a task per sequence."""
     floats = [t for t in (x, uvqk_weight, output_weight, output_bias, pos_weights, time_weights)
               if t is not None]
+    differentiable = floats if seq_scale is None else [*floats, seq_scale]
     return (native_attention.ENABLED and not torch.compiler.is_compiling()
             and all(isinstance(t, torch.Tensor) and t.dtype == torch.float32
                     and t.device.type == "cpu" for t in floats)
-            and not (torch.is_grad_enabled() and any(t.requires_grad for t in floats))
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in differentiable))
             and (seq_scale is None or seq_scale.device.type == "cpu") and x.dim() == 2
+            and (output_bias is None or output_bias.numel() != 1  # a broadcast bias: composed
+                 or output_bias.shape == x.shape[1:])
+            and attention_backend(None, x.device) == "cpu"  # GENREC_ATTENTION_BACKEND
             and isinstance(seq_offsets, torch.Tensor) and seq_offsets.device.type == "cpu"
             and seq_offsets.numel() - 1 >= SEQUENCES_PER_THREAD * torch.get_num_threads()
             and native_attention.library() is not None)
@@ -176,6 +183,7 @@ def hstu_layer_last(x: torch.Tensor, uvqk_weight: torch.Tensor, output_weight: t
                     seq_scale: torch.Tensor | None = None, eps: float) -> torch.Tensor:
     """[B, d] = ``hstu_layer(...)[last]`` at each sequence's last token (causal, no
     candidates; every sequence has at least one token); arguments as ``hstu_layer``."""
+    _check_sizes("hstu_layer_last", num_heads, attention_dim, linear_dim)
     heads, dqk, dv = num_heads, attention_dim, linear_dim
     hv, hqk = heads * dv, heads * dqk
     last = seq_offsets[1:] - 1
@@ -230,6 +238,12 @@ def _native_last(x, uq, w_vk, output_weight, output_bias, seq_offsets, max_seq_l
         0 if edges is None else edges.numel(), pointer(scale), eps, out.data_ptr(),
         torch.get_num_threads())
     return out
+
+
+def _check_sizes(op: str, heads: int, dqk: int, dv: int) -> None:
+    if min(heads, dqk, dv) < 1:
+        raise ValueError(f"{op}: a layer needs at least one head and one feature per head, got "
+                         f"num_heads={heads}, attention_dim={dqk}, linear_dim={dv}")
 
 
 def _check_inputs(op, x, uvqk_weight, output_weight, output_bias, seq_offsets, max_seq_len,

@@ -25,7 +25,9 @@ from genrec.ops.attention.validation import _fail, validate
 BACKENDS = ("torch", "cpu", "triton")
 
 
-def _pick_backend(backend: str | None, device: torch.device) -> str:
+def pick_backend(backend: str | None, device: torch.device) -> str:
+    """The backend `hstu_attention` runs on `device`: `backend`, else GENREC_ATTENTION_BACKEND,
+    else the device's default (triton on CUDA, cpu on the CPU, torch elsewhere)."""
     choice = backend or os.environ.get("GENREC_ATTENTION_BACKEND") or None
     if choice is None:
         return {"cuda": "triton", "cpu": "cpu"}.get(device.type, "torch")
@@ -68,7 +70,7 @@ def hstu_attention(
     Returns: [T, H, Dv].
     Raises ValueError on malformed inputs (reads a few statistics of seq_offsets to the host).
     """
-    which = _pick_backend(backend, q.device)
+    which = pick_backend(backend, q.device)
     args = (q, k, v, seq_offsets, max_seq_len, alpha, pos_weights, time_weights, timestamps,
             query_timestamps, num_candidates, causal)
     if which == "cpu":

@@ -48,6 +48,9 @@ def validate(q, k, v, seq_offsets, max_seq_len, pos_weights, time_weights, times
         if not isinstance(t, torch.Tensor) or t.dim() != 3:
             _fail(f"{name} must be a [T, H, D] tensor, got "
                   f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+    if q.shape[1] < 1 or q.shape[2] < 1 or v.shape[2] < 1:
+        _fail(f"q and v need at least one head and one feature, got q {tuple(q.shape)}, "
+              f"v {tuple(v.shape)}")
     if k.shape != q.shape:
         _fail(f"k must have q's shape [T, H, Dqk] = {tuple(q.shape)}, got {tuple(k.shape)}")
     if v.shape[:2] != q.shape[:2]:

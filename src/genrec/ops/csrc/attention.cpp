@@ -920,7 +920,8 @@ void genrec_hstu_layer_forward_f32(const float* x, int64_t d, const float* w1, c
 //   out_b = x_last + (LayerNorm(AV) * U_last) W2^T + b2
 //
 // uq_last [B, H dv + H dqk] (row stride ld_uq): each last token's U and Q, projected by the
-// caller; x [T, d] contiguous, out [B, d]. The same operations as genrec_dense_project_f32,
+// caller; x [T, d] contiguous, out [B, d]; every sequence has at least one token (the caller
+// checks). The same operations as genrec_dense_project_f32,
 // genrec_hstu_forward_last_f32 and genrec_dense_output_f32 one after the other, with a
 // sequence's V and K in the thread's scratch instead of a [T, .] buffer in memory.
 void genrec_hstu_layer_last_f32(const float* x, int64_t d, const float* w_vk,

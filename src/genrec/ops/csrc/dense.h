@@ -66,7 +66,9 @@ __attribute__((noinline)) void tile(const float* A, int64_t lda, const float* Wt
     vf w[NV];
     for (int v = 0; v < NV; ++v) {
       w[v] = load(Wt + k * npad + c + v * VL);
+#if defined(__AVX__)
       asm("" : "+v"(w[v]));  // keep it in a register: one load per k, not one per row
+#endif
     }
     for (int r = 0; r < R; ++r) {
       const vf a = splat(A[r * lda + k]);
