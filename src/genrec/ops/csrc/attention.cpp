@@ -55,19 +55,16 @@
 
 namespace {
 
-// MR * NVMAX accumulators and a few operands fit the 32 (16 without AVX-512) vector registers
-#if defined(__AVX512F__)
-constexpr int VL = 16;     // floats per vector
-constexpr int NVMAX = 2;   // vectors of one output row a product keeps in registers
-constexpr int MR = 8;      // query rows per block
-#else
-constexpr int VL = 8;
-constexpr int NVMAX = 2;
-constexpr int MR = 4;
-#endif
-
 #include "vectors.h"
 #include "dense.h"
+
+// MR * NVMAX accumulators and a few operands fit the 32 (16 without AVX-512) vector registers
+constexpr int NVMAX = 2;  // vectors of one output row a product keeps in registers
+#if defined(__AVX512F__)
+constexpr int MR = 8;  // query rows per block
+#else
+constexpr int MR = 4;
+#endif
 
 // lanes [j0, j0 + VL) of a row that lie before `end`, as a lane mask
 inline vi lanes_before(int64_t j0, int64_t end) {

@@ -36,12 +36,6 @@
 
 namespace {
 
-#if defined(__AVX512F__)
-constexpr int VL = 16;
-#else
-constexpr int VL = 8;
-#endif
-
 #include "vectors.h"
 #include "dense.h"
 

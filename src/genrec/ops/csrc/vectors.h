@@ -1,10 +1,16 @@
 // Vector helpers shared by the CPU kernels (attention.cpp, dense.cpp): GCC/Clang vector types
-// of VL floats, whose width the including file sets for its target, and an exp, reciprocal
-// and sigmoid built from them. Included inside each file's anonymous namespace, after VL.
+// of VL floats (16 where the compiler targets AVX-512, else 8), and an exp, reciprocal and
+// sigmoid built from them. Included inside each file's anonymous namespace.
 //
 // genrec.ops.native keys its builds by this header's text as well as the source's.
 
 #pragma once
+
+#if defined(__AVX512F__)
+constexpr int VL = 16;  // floats per vector
+#else
+constexpr int VL = 8;
+#endif
 
 typedef float vf __attribute__((vector_size(VL * 4)));
 typedef float vfu __attribute__((vector_size(VL * 4), aligned(4)));
