@@ -88,6 +88,39 @@ inline vf gather(const float* table, const uint8_t* idx) {
 #endif
 }
 
+// A float table of up to LOOKUP entries held as whole vectors (zeros past its size) and read
+// VL lanes at a time by in-register permutes: on AVX-512 five two-vector permutes (32 entries
+// each) and four blends cost about a third of a 16-lane gather from memory.
+#if defined(__AVX512F__)
+constexpr int64_t LOOKUP = 160;
+#else
+constexpr int64_t LOOKUP = 0;  // elsewhere the gather
+#endif
+
+// padded[idx[l]] for the VL bytes at idx (each < LOOKUP), padded [LOOKUP]: the table's vectors
+// are loaded once, where the lookup is made, so that a loop keeps them in registers
+struct Lookup {
+#if defined(__AVX512F__)
+  __m512 part[LOOKUP / 16];
+  explicit Lookup(const float* padded) {
+    for (int c = 0; c < LOOKUP / 16; ++c) part[c] = _mm512_loadu_ps(padded + 16 * c);
+  }
+  vf operator()(const uint8_t* idx) const {
+    const __m512i at =
+        _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx)));
+    __m512 out = _mm512_permutex2var_ps(part[0], at, part[1]);
+    for (int c = 1; c < LOOKUP / 32; ++c)
+      out = _mm512_mask_mov_ps(out, _mm512_cmpge_epu32_mask(at, _mm512_set1_epi32(32 * c)),
+                               _mm512_permutex2var_ps(part[2 * c], at, part[2 * c + 1]));
+    return reinterpret_cast<vf>(out);
+  }
+#else
+  const float* table;
+  explicit Lookup(const float* padded) : table(padded) {}
+  vf operator()(const uint8_t* idx) const { return gather(table, idx); }
+#endif
+};
+
 // Small copies and fills as plain loops: a libc call per 100-byte row costs more than the copy.
 inline void copy_floats(float* __restrict dst, const float* __restrict src, int64_t count) {
   for (int64_t c = 0; c < count; ++c) dst[c] = src[c];
@@ -287,6 +320,8 @@ struct Hstu {
   const uint8_t* buckets;  // per pair at square_offsets (0 where not allowed), VL bytes of slack
   const int64_t* square_offsets;
   int64_t pos_part, time_part;  // gradient partial sizes (0: not asked for)
+  bool padded;  // `table` holds time, zeros after it (num_buckets <= LOOKUP)
+  float table[LOOKUP > 0 ? LOOKUP : 1];
   // the backward recomputes the logits (Q K^T and the bias) instead of reading saved ones
   static constexpr bool recompute = true;
 
@@ -310,8 +345,8 @@ struct Hstu {
   }
 
   // the logits of keys [j0, j0 + VL) from their alpha-less q . k: the time term from
-  // times [j0, j0 + VL) when given (block_bias's), else gathered here
-  vf logits(const Bias& bias, int64_t j0, vf qk, const float* times) const {
+  // times [j0, j0 + VL) when given (block_bias's), else looked up here (lut: table's)
+  vf logits(const Bias& bias, int64_t j0, vf qk, const float* times, const Lookup& lut) const {
     vf s = alpha * qk;
     if (pos != nullptr) {
       vf table;
@@ -323,28 +358,36 @@ struct Hstu {
       }
       s = alpha * qk + table;
     }
-    if (time != nullptr) s += times != nullptr ? load(times + j0) : gather(time, bias.bk + j0);
+    if (time != nullptr) s += times != nullptr ? load(times + j0) : time_terms(bias.bk + j0, lut);
     return s;
+  }
+
+  // time[bk[l]] for the VL buckets at bk
+  vf time_terms(const uint8_t* bk, const Lookup& lut) const {
+    return padded ? lut(bk) : gather(time, bk);
   }
 
   // row [width): q . k on entry, SiLU(logits) / N before end and 0 from end on exit
   void weights(const Bias& bias, const float* times, int64_t end, int64_t width,
                float* __restrict row) const {
+    const Lookup lut(table);
     for (int64_t j0 = 0; j0 < width; j0 += VL) {
-      const vf s = logits(bias, j0, load(row + j0), times);
+      const vf s = logits(bias, j0, load(row + j0), times, lut);
       const vf y = s * sigmoid(s) * inv_n;
       store(row + j0, j0 + VL <= end ? y : lanes_before(j0, end) ? y : vf{});
     }
   }
 
   // the time terms of rows i0 .. i0 + MR - 1 (those < n), [width) each at out + r * ld:
-  // gathered once for all the heads of a task, not once per head
+  // looked up once for all the heads of a task, not once per head
   void block_bias(int64_t b, int64_t i0, int64_t n, int64_t width, float* out,
                   int64_t ld) const {
     if (time == nullptr) return;
+    const Lookup lut(table);
     for (int r = 0; r < MR && i0 + r < n; ++r) {
       const uint8_t* bk = bias_of(b, i0 + r, n, width).bk;
-      for (int64_t j0 = 0; j0 < width; j0 += VL) store(out + r * ld + j0, gather(time, bk + j0));
+      for (int64_t j0 = 0; j0 < width; j0 += VL)
+        store(out + r * ld + j0, time_terms(bk + j0, lut));
     }
   }
 
@@ -358,8 +401,9 @@ struct Hstu {
                     int64_t, const float* __restrict qk, float* __restrict prow,
                     float* __restrict drow, float* partial) const {
     const Bias bias = bias_of(b, i, n, width);
+    const Lookup lut(table);
     for (int64_t j0 = 0; j0 < width; j0 += VL) {
-      const vf s = logits(bias, j0, load(qk + j0), nullptr);
+      const vf s = logits(bias, j0, load(qk + j0), nullptr, lut);
       const vf sig = sigmoid(s);
       vf ds = load(prow + j0) * sig * (1.0f + s * (1.0f - sig)) * inv_n;
       vf weight = s * sig * inv_n;
@@ -389,6 +433,20 @@ struct Hstu {
     }
   }
 };
+
+// HSTU's policy, with the time table copied into registers' reach when it fits
+Hstu hstu_policy(float alpha, int64_t max_seq_len, const float* pos, int64_t pos_size,
+                 const float* time, int64_t num_buckets, const uint8_t* buckets,
+                 const int64_t* square_offsets, int64_t pos_part = 0, int64_t time_part = 0) {
+  Hstu policy{alpha,          1.0f / static_cast<float>(max_seq_len), max_seq_len, pos,
+              pos_size,       time, num_buckets, buckets, square_offsets, pos_part, time_part,
+              false,          {}};
+  if (time != nullptr && num_buckets <= LOOKUP) {
+    std::copy(time, time + num_buckets, policy.table);
+    policy.padded = true;
+  }
+  return policy;
+}
 
 inline uint64_t splitmix64(uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;
@@ -489,25 +547,33 @@ struct ForwardScratch {
 // computes them in its rows instead, the same values), then each head runs its products and
 // rows. saved: null, or per allowed pair at Problem::pairs(b, h) + i * n + j (what the
 // policy's backward reads, unless it recomputes). The same operations whatever the group.
+// `in_place`: q and v are read where they are, not copied, which needs q's rows readable up to
+// a whole block (round_up(n, MR) rows) and round_up(dv, VL) floats readable at each head's v
+// (what is read past the real values only reaches rows and columns that are discarded).
 template <typename Policy>
 void forward_heads(const Problem& p, const Policy& policy, int64_t b, int64_t h0, int64_t group,
                    const float* q, int64_t q_stride, const float* k, int64_t k_stride,
                    const float* v, int64_t v_stride, float* out, int64_t out_stride,
-                   float scale, float* saved, ForwardScratch& w) {
+                   float scale, float* saved, ForwardScratch& w, bool in_place = false) {
   const int64_t n = p.length(b), dqk = p.dqk, dv = p.dv, wv = round_up(dv, VL);
   const int64_t rows = round_up(n, MR), cols = round_up(n, VL);
-  float* qs = scratch(w.q, group * rows * dqk);  // head h0 + g's at g * (its size)
+  // head h0 + g's Q at qs + g * q_head (row stride ldq), V at vs + g * v_head (ldv)
+  const int64_t ldq = in_place ? q_stride : dqk, ldv = in_place ? v_stride : wv;
+  const int64_t q_head = in_place ? dqk : rows * dqk, v_head = in_place ? dv : cols * wv;
+  const float* qs = in_place ? q + h0 * dqk : scratch(w.q, group * rows * dqk);
+  const float* vs = in_place ? v + h0 * dv : scratch(w.v, group * cols * wv);
   float* kt = scratch(w.kt, group * dqk * cols);
-  float* vs = scratch(w.v, group * cols * wv);
   float* s = scratch(w.s, MR * cols);
   float* acc = scratch(w.o, MR * wv);
   float* bias = scratch(w.bias, MR * cols);
   for (int64_t g = 0; g < group; ++g) {
     const int64_t h = h0 + g;
-    copy_rows(q + h * dqk, q_stride, n, dqk, qs + g * rows * dqk, dqk, rows);
+    if (!in_place) {
+      copy_rows(q + h * dqk, q_stride, n, dqk, w.q.data() + g * q_head, dqk, rows);
+      copy_rows(v + h * dv, v_stride, n, dv, w.v.data() + g * v_head, wv, cols);
+    }
     copy_transposed(k + h * dqk, k_stride, n, dqk, kt + g * dqk * cols, cols,
                     scratch(w.t, n * dqk));
-    copy_rows(v + h * dv, v_stride, n, dv, vs + g * cols * wv, wv, cols);
   }
   for (int64_t i0 = 0; i0 < n; i0 += MR) {
     const int64_t block_end = p.causal ? std::min(n, i0 + MR) : n;  // keys of the block
@@ -515,7 +581,7 @@ void forward_heads(const Problem& p, const Policy& policy, int64_t b, int64_t h0
     if (group > 1) policy.block_bias(b, i0, n, width, bias, cols);  // shared by the heads
     for (int64_t g = 0; g < group; ++g) {
       const int64_t h = h0 + g, pairs = p.pairs(b, h);
-      product_nt(qs + g * rows * dqk + i0 * dqk, dqk, kt + g * dqk * cols, cols, dqk, width, s,
+      product_nt(qs + g * q_head + i0 * ldq, ldq, kt + g * dqk * cols, cols, dqk, width, s,
                  cols);
       for (int r = 0; r < MR; ++r) {
         const int64_t i = i0 + r;
@@ -529,7 +595,7 @@ void forward_heads(const Problem& p, const Policy& policy, int64_t b, int64_t h0
                            row, saved == nullptr ? nullptr : saved + pairs + i * n,
                            group > 1 ? bias + r * cols : nullptr);
       }
-      product_nn(s, cols, block_end, vs + g * cols * wv, wv, wv, acc, wv, scale);
+      product_nn(s, cols, block_end, vs + g * v_head, ldv, wv, acc, wv, scale);
       for (int r = 0; r < MR && i0 + r < n; ++r)
         copy_floats(out + (i0 + r) * out_stride + h * dv, acc + r * wv, dv);
     }
@@ -807,8 +873,8 @@ void genrec_hstu_forward_f32(const float* q, int64_t q_stride, const float* k, i
                              float* out, int threads) {
   const Problem p{offsets, batch, heads, dqk, dv, alpha, causal, first_candidate,
                   square_offsets, threads};
-  const Hstu policy{alpha, 1.0f / static_cast<float>(max_seq_len), max_seq_len, pos, pos_size,
-                    time, num_buckets, buckets, square_offsets, 0, 0};
+  const Hstu policy = hstu_policy(alpha, max_seq_len, pos, pos_size, time, num_buckets,
+                                        buckets, square_offsets);
   forward_tasks(p, policy, q, q_stride, k, k_stride, v, v_stride, out, nullptr);
 }
 
@@ -824,8 +890,8 @@ void genrec_hstu_forward_last_f32(const float* q_last, int64_t q_stride, const f
                                   int64_t num_buckets, const int64_t* ts, const int64_t* qts,
                                   const int64_t* thresholds, int64_t num_thresholds, float* out,
                                   int threads) {
-  const Hstu policy{alpha, 1.0f / static_cast<float>(max_seq_len), max_seq_len, pos, pos_size,
-                    time, num_buckets, nullptr, nullptr, 0, 0};
+  const Hstu policy = hstu_policy(alpha, max_seq_len, pos, pos_size, time, num_buckets,
+                                        nullptr, nullptr);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads)
 #endif
@@ -870,10 +936,12 @@ void genrec_hstu_layer_forward_f32(const float* x, int64_t d, const float* w1, c
                                    const float* seq_scale, float eps, float* out, int threads) {
   const Problem p{offsets, batch, heads, dqk, dv, alpha, causal, first_candidate,
                   square_offsets, threads};
-  const Hstu policy{alpha, 1.0f / static_cast<float>(max_seq_len), max_seq_len, pos, pos_size,
-                    time, num_buckets, buckets, square_offsets, 0, 0};
+  const Hstu policy = hstu_policy(alpha, max_seq_len, pos, pos_size, time, num_buckets,
+                                        buckets, square_offsets);
   const int64_t hv = heads * dv, width1 = heads * (2 * dv + 2 * dqk);
   const int64_t npad1 = round_up(width1, VL), npad2 = round_up(d, VL);
+  // U, V, Q, K rows at stride ld1, wide enough for the last head's V read as whole vectors
+  const int64_t ld1 = std::max(npad1, round_up(2 * hv - dv + round_up(dv, VL), VL));
   const std::vector<float> wt1 = dense::pack_transposed(w1, width1, d, npad1);
   const std::vector<float> wt2 = dense::pack_transposed(w2, d, hv, npad2);
   std::vector<float> bias(npad2, 0.0f);
@@ -883,8 +951,9 @@ void genrec_hstu_layer_forward_f32(const float* x, int64_t d, const float* w1, c
 #pragma omp parallel num_threads(threads)
 #endif
   {
-    ForwardScratch w;
-    std::vector<float> norm_buf, uvqk_buf, av_buf;
+    // a thread's scratch lives on across calls (no allocation and zeroing per layer)
+    static thread_local ForwardScratch w;
+    static thread_local std::vector<float> norm_buf, uvqk_buf, av_buf;
     float* norm = scratch(norm_buf, dense::BLOCK * std::max(d, hv));
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
@@ -892,14 +961,15 @@ void genrec_hstu_layer_forward_f32(const float* x, int64_t d, const float* w1, c
     for (int64_t t = 0; t < static_cast<int64_t>(order.size()); ++t) {
       const int64_t b = order[t], o = offsets[b], n = p.length(b);
       if (n == 0) continue;
-      float* uvqk = scratch(uvqk_buf, n * npad1);  // U, V, Q, K of the sequence's rows
+      // U, V, Q, K of the sequence's rows, whole blocks of them (forward_heads reads Q, V here)
+      float* uvqk = scratch(uvqk_buf, round_up(n, MR) * ld1);
       float* av = scratch(av_buf, n * hv);
-      project_rows({x + o * d, d, d, eps, uvqk, npad1, width1, true}, n, wt1.data(), npad1,
+      project_rows({x + o * d, d, d, eps, uvqk, ld1, width1, true}, n, wt1.data(), npad1,
                    norm);
       const float scale = seq_scale != nullptr ? seq_scale[b] : 1.0f;
-      forward_heads(p, policy, b, 0, heads, uvqk + 2 * hv, npad1, uvqk + 2 * hv + heads * dqk,
-                    npad1, uvqk + hv, npad1, av, hv, scale, nullptr, w);
-      const dense::Output output{av,    hv,          uvqk, npad1, hv,        eps,
+      forward_heads(p, policy, b, 0, heads, uvqk + 2 * hv, ld1, uvqk + 2 * hv + heads * dqk,
+                    ld1, uvqk + hv, ld1, av, hv, scale, nullptr, w, true);
+      const dense::Output output{av,    hv,          uvqk, ld1, hv,        eps,
                                  bias.data(), x + o * d, d,    out + o * d, d,  d};
       for (int64_t t0 = 0; t0 < n; t0 += dense::BLOCK)
         dense::block(
@@ -930,8 +1000,8 @@ void genrec_hstu_layer_last_f32(const float* x, int64_t d, const float* w_vk,
                                 const int64_t* qts, const int64_t* thresholds,
                                 int64_t num_thresholds, const float* seq_scale, float eps,
                                 float* out, int threads) {
-  const Hstu policy{alpha, 1.0f / static_cast<float>(max_seq_len), max_seq_len, pos, pos_size,
-                    time, num_buckets, nullptr, nullptr, 0, 0};
+  const Hstu policy = hstu_policy(alpha, max_seq_len, pos, pos_size, time, num_buckets,
+                                        nullptr, nullptr);
   const int64_t hv = heads * dv, width_vk = hv + heads * dqk;
   const int64_t npad_vk = round_up(width_vk, VL), npad2 = round_up(d, VL);
   const std::vector<float> wt_vk = dense::pack_transposed(w_vk, width_vk, d, npad_vk);
@@ -989,9 +1059,8 @@ void genrec_hstu_backward_f32(const float* grad_out, int64_t g_stride, const flo
                   square_offsets, threads};
   const int64_t pos_part = d_pos != nullptr ? pos_size : 0;
   const int64_t time_part = d_time != nullptr ? 4 * num_buckets : 0;
-  const Hstu policy{alpha, 1.0f / static_cast<float>(max_seq_len), max_seq_len, pos,
-                    pos_size, time, num_buckets, buckets, square_offsets, pos_part,
-                    time_part};
+  const Hstu policy = hstu_policy(alpha, max_seq_len, pos, pos_size, time, num_buckets, buckets,
+                                        square_offsets, pos_part, time_part);
   backward_tasks(p, policy, grad_out, g_stride, q, q_stride, k, k_stride, v, v_stride, nullptr,
                  dq, dk, dv_out, partial);
   // the tables' gradients: partials summed in task order, entries split over the threads

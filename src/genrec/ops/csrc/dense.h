@@ -21,30 +21,84 @@ constexpr int NVMAX = 2;  // 4 x 2 accumulators, 2 operands and a broadcast in 1
 constexpr int64_t BLOCK = 64;  // rows normalised at once into a thread's scratch
 static_assert(BLOCK % R == 0, "a block is whole register tiles");
 
-// the first `count` (< VL) lanes at p; the others 0
+// lanes [0, count) as a mask (count <= VL)
+inline vi lanes_below(int64_t count) {
+  vi lane;
+  for (int l = 0; l < VL; ++l) lane[l] = l;
+  return lane < static_cast<int32_t>(count);
+}
+
+// the first `count` (< VL) lanes at p, the others 0; nothing past them is read or written
 inline vf load_part(const float* p, int64_t count) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<vf>(_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << count) - 1), p));
+#elif defined(__AVX__)
+  return reinterpret_cast<vf>(_mm256_maskload_ps(p, reinterpret_cast<__m256i>(lanes_below(count))));
+#else
   vf x{};
   for (int64_t l = 0; l < count; ++l) x[l] = p[l];
   return x;
+#endif
 }
 inline void store_part(float* p, vf x, int64_t count) {
+#if defined(__AVX512F__)
+  _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << count) - 1), reinterpret_cast<__m512>(x));
+#elif defined(__AVX__)
+  _mm256_maskstore_ps(p, reinterpret_cast<__m256i>(lanes_below(count)), reinterpret_cast<__m256>(x));
+#else
   for (int64_t l = 0; l < count; ++l) p[l] = x[l];
+#endif
+}
+
+// the sum of x's lanes, halving the vector each step
+inline float lane_sum(vf x) {
+#if defined(__AVX512F__)
+  const __m512 z = reinterpret_cast<__m512>(x);
+  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(z), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z), 1)));
+#elif defined(__AVX__)
+  const __m256 h = reinterpret_cast<__m256>(x);
+#endif
+#if defined(__AVX__)
+  __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+  q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+  q = _mm_add_ss(q, _mm_movehdup_ps(q));
+  return _mm_cvtss_f32(q);
+#else
+  for (int half = VL / 2; half >= 1; half /= 2)
+    for (int l = 0; l < half; ++l) x[l] += x[l + half];
+  return x[0];
+#endif
 }
 
 inline vf silu(vf x) { return x * sigmoid(x); }
 
-// dst[0, K) = (x - mean(x)) / sqrt(var(x) + eps) for the K floats at x (two passes, float)
-inline void normalise(const float* __restrict x, int64_t K, float eps, float* __restrict dst) {
-  float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t c = 0; c < K; ++c) sum += x[c];
-  const float mean = sum / static_cast<float>(K);
-  float squares = 0.0f;
-#pragma omp simd reduction(+ : squares)
-  for (int64_t c = 0; c < K; ++c) squares += (x[c] - mean) * (x[c] - mean);
-  const float rstd = 1.0f / std::sqrt(squares / static_cast<float>(K) + eps);
-#pragma omp simd
-  for (int64_t c = 0; c < K; ++c) dst[c] = (x[c] - mean) * rstd;
+// dst[0, K) = (x - mean(x)) / sqrt(var(x) + eps) for the K floats at x, times gate[0, K) when
+// given: two passes in vectors, each summed lane-wise and then across the lanes
+inline void normalise(const float* __restrict x, int64_t K, float eps, float* __restrict dst,
+                      const float* __restrict gate = nullptr) {
+  const int64_t full = K / VL * VL, tail = K - full;
+  vf sum{};
+  for (int64_t c = 0; c < full; c += VL) sum += load(x + c);
+  if (tail > 0) sum += load_part(x + full, tail);
+  const float mean = lane_sum(sum) / static_cast<float>(K);
+  vf squares{};
+  for (int64_t c = 0; c < full; c += VL) {
+    const vf e = load(x + c) - mean;
+    squares += e * e;
+  }
+  if (tail > 0) {
+    const vf e = lanes_below(tail) ? load_part(x + full, tail) - mean : vf{};
+    squares += e * e;
+  }
+  const float rstd = 1.0f / std::sqrt(lane_sum(squares) / static_cast<float>(K) + eps);
+  for (int64_t c = 0; c < full; c += VL) {
+    const vf y = (load(x + c) - mean) * rstd;
+    store(dst + c, gate != nullptr ? y * load(gate + c) : y);
+  }
+  if (tail > 0) {
+    const vf y = (load_part(x + full, tail) - mean) * rstd;
+    store_part(dst + full, gate != nullptr ? y * load_part(gate + full, tail) : y, tail);
+  }
 }
 
 // Wt [K, npad] = W^T for W [N, K], zero in columns [N, npad)
@@ -148,12 +202,7 @@ struct Output {
   float* out;
   int64_t ldo, N;
 
-  void prepare(int64_t t, float* row) const {
-    normalise(a + t * lda, K, eps, row);
-    const float* gate = u + t * ldu;
-#pragma omp simd
-    for (int64_t c = 0; c < K; ++c) row[c] *= gate[c];
-  }
+  void prepare(int64_t t, float* row) const { normalise(a + t * lda, K, eps, row, u + t * ldu); }
   void emit(int64_t t, int64_t col, vf acc) const {
     const vf y = acc + load(bias + col);
     float* dst = out + t * ldo + col;
