@@ -111,6 +111,29 @@ def test_native_of_an_empty_batch():
     assert case.q.grad.shape == (0, 2, 8) and case.pos_weights.grad.abs().sum() == 0
 
 
+@pytest.mark.parametrize("table", [129, 160, 161, 200])
+def test_native_time_term_over_every_bucket_of_small_and_large_tables(table):
+    """Gaps spread log-uniformly up to 2**62 reach buckets 0..~145: every 32-entry part of the
+    in-register lookup (tables up to 160 entries) and the gather beyond it, forward and
+    gradients against the float64 reference."""
+    case = make_case([97, 40, 3, 130], heads=2, dqk=5, dv=7, seed=table)
+    g = torch.Generator().manual_seed(table)
+    total = case.q.shape[0]
+    spread = torch.exp(torch.rand(total, generator=g, dtype=torch.float64) * 62 * 0.6931)
+    case.timestamps = torch.sort(spread.long()).values
+    case.query_timestamps = case.timestamps.flip(0).clone()
+    case.time_weights = torch.randn(table, generator=g).requires_grad_()
+    seen = set()  # the buckets of the pairs attended: every 32-entry part in play
+    for start, end in zip(case.seq_offsets[:-1].tolist(), case.seq_offsets[1:].tolist()):
+        gaps = case.query_timestamps[start:end, None] - case.timestamps[None, start:end]
+        seen |= set(time_buckets(gaps, table).tril().unique().tolist())
+    assert len(seen) > 50 and max(seen) >= 128
+    got = output_and_grads(fast, case.cast(torch.float32))
+    want = output_and_grads(reference, case.cast(torch.float64))
+    for i, (g32, w64) in enumerate(zip(got, want, strict=True)):
+        assert relative_error(g32, w64) < 1e-5, f"result {i}"
+
+
 def test_time_buckets_equal_the_float64_reference_at_every_edge():
     """Every edge ±1, ±2 and log-uniform gaps of both signs, one single-token sequence per
     gap (the kernel's bucket of its one pair)."""

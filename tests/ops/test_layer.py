@@ -99,6 +99,9 @@ LAYOUTS = {name: CPU_CASES[name] for name in (
     "single_token", "odd_lengths_both_biases", "skewed_with_empty_sequences",
     "candidates_causal", "candidates_non_causal", "non_causal_pos_only", "time_only_odd_dims",
     "no_bias_wide_table")}
+# one head of tiny dims: the fused layer's U, V, Q, K rows are wider than the projection, so that
+# the last head's V can be read as whole vectors in place
+LAYOUTS["one_head_tiny_dims"] = dict(lengths=[33, 9, 17, 1, 40], heads=1, dqk=1, dv=3)
 
 
 @pytest.mark.parametrize("name", LAYOUTS)
