@@ -11,6 +11,9 @@ With ``--compare rectools`` each genrec model is followed at once by the same Re
 and ``--rounds N`` repeats those pairs N times: on a shared machine whose speed drifts by
 ±15 % over minutes, the median of the per-round ratios is steadier than one pair. Ratios are
 given in wall time and in CPU time (CPU time leaves out time the host took the cores away).
+Before each genrec model the parent process times a 2048³ sgemm on the same threads
+(``sgemm_gflops`` in each row, "GF/s" in the table): the machine's speed at that moment, to
+read an absolute figure such as the evaluation seconds against.
 
     python benchmarks/cpu_speed.py --data-dir ../shared/data --threads 2
     python benchmarks/cpu_speed.py --compare rectools --rectools-python /path/venv/bin/python
@@ -82,6 +85,22 @@ def run_genrec(spec: dict) -> dict:
     }
 
 
+def sgemm_gflops(threads: int, repeats: int = 5) -> float:
+    """This machine's fp32 matmul rate now: a 2048³ sgemm on `threads` threads, median of
+    `repeats` after one warm-up."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return round(2 * 2048 ** 3 / statistics.median(times) / 1e9, 1)
+
+
 def run_peer(args: argparse.Namespace, model: str) -> dict:
     sys.path.insert(0, str(HERE / "peers"))
     from rectools_runner import run_rectools
@@ -126,9 +145,10 @@ def main() -> None:
             spec = {"model": model, "dataset": args.dataset, "data_dir": args.data_dir,
                     "threads": args.threads, "epochs": args.epochs, "out": args.out,
                     "compile": not args.no_compile, "shared_negatives": args.shared_negatives}
+            gflops = sgemm_gflops(args.threads)
             with ctx.Pool(1) as pool:
                 row = pool.apply(run_genrec, (spec,))
-            row["round"] = round_
+            row["round"], row["sgemm_gflops"] = round_, gflops
             rows.append(row)
             print(_line(row), flush=True)
             if args.compare == "rectools":
@@ -202,14 +222,15 @@ def _line(r: dict) -> str:
     ratio = f"{r['genrec_speedup']:>6.1f}x" if "genrec_speedup" in r else " " * 7
     hr = f"{r['hr@10']:.4f}" if r.get("hr@10") is not None else "   -  "
     ndcg = f"{r['ndcg@10']:.4f}" if r.get("ndcg@10") is not None else "   -  "
+    gflops = f"{r['sgemm_gflops']:>5.0f}" if "sgemm_gflops" in r else "    -"
     return (f"{r['system']:<9} {r['model']:<11} {r['seconds_per_epoch']:>8.2f} "
             f"{r.get('tokens_per_s', 0):>9,} {r.get('eval_s', float('nan')):>7.2f} "
-            f"{r['peak_rss_mb']:>7,} {r['epochs_trained']:>3} {hr} {ndcg} {ratio}")
+            f"{r['peak_rss_mb']:>7,} {r['epochs_trained']:>3} {hr} {ndcg} {ratio} {gflops}")
 
 
 def _table(rows: list[dict]) -> str:
     head = (f"{'system':<9} {'model':<11} {'s/epoch':>8} {'tokens/s':>9} {'eval_s':>7} "
-            f"{'RSS_MB':>7} {'ep':>3} {'HR@10':>6} {'NDCG@10':>6} {'speedup':>7}")
+            f"{'RSS_MB':>7} {'ep':>3} {'HR@10':>6} {'NDCG@10':>6} {'speedup':>7} {'GF/s':>5}")
     return "\n".join([head, "-" * len(head)] + [_line(r) for r in rows])
 
 
