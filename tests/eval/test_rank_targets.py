@@ -1,7 +1,24 @@
 import pytest
 import torch
 
+from genrec.eval import retrieval
 from genrec.eval.retrieval import rank_targets
+
+
+@pytest.fixture(autouse=True, params=["fused", "loop"])
+def path(request, monkeypatch):
+    """Every test on both paths: the fused CPU kernel (fp32) and the chunked PyTorch loop."""
+    calls = []
+    real = retrieval.target_ranks_native
+
+    def spy(*args):
+        result = real(*args) if request.param == "fused" else None
+        calls.append(result is not None)
+        return result
+
+    monkeypatch.setattr(retrieval, "target_ranks_native", spy)
+    yield request.param
+    assert all(calls) if request.param == "fused" else not any(calls)
 
 # One-dimensional "embeddings": with user vector [1], item i scores item_table[i].
 # Item:           pad   1    2    3    4
@@ -66,3 +83,11 @@ def test_target_outside_the_item_range_is_an_error():
 def test_non_finite_target_score_is_an_error():
     with pytest.raises(ValueError, match="non-finite"):
         rank_targets(torch.full((1, 1), float("nan")), SCORES, torch.tensor([1]))
+
+
+def test_history_pairs_out_of_range_are_an_error():
+    for rows, items in (([0], [0]), ([0], [5]), ([1], [2]), ([-1], [2])):
+        with pytest.raises(ValueError, match="history pairs"):
+            rank_targets(ONE, SCORES, torch.tensor([1]), torch.tensor(rows), torch.tensor(items))
+    with pytest.raises(ValueError, match="same length"):
+        rank_targets(ONE, SCORES, torch.tensor([1]), torch.tensor([0, 0]), torch.tensor([2]))

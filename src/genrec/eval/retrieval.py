@@ -33,6 +33,7 @@ from genrec.data.batching import Protocol, Split, eval_batches, target_positions
 from genrec.data.sequences import SequenceData, _ranges
 from genrec.eval.metrics import DEFAULT_KS, RankAccumulator
 from genrec.models.base import SequentialRetrievalModel
+from genrec.ops.ranking import target_ranks_native
 
 # Score matrices are built for at most this many (user, item) pairs at once: 2^25 fp32 scores
 # = 128 MiB, enough for a 512-user batch against 65k items in a single matmul.
@@ -77,6 +78,9 @@ def rank_targets(
         max_scores_per_chunk: cap on the size of one [users, I] score matrix (memory).
     Returns:
         [B] int64 ranks: 1 + the number of non-excluded items scoring strictly higher.
+
+    The loop below is the definition. For fp32 on the CPU, ``genrec.ops.ranking`` counts the
+    same ranks in one fused pass, without the [users, I] score matrix.
     """
     device = user_vecs.device
     num_users, num_items = user_vecs.shape[0], item_table.shape[0] - 1
@@ -87,7 +91,25 @@ def rank_targets(
     if history_rows is None or history_items is None:
         history_rows = history_items = torch.zeros(0, dtype=torch.long)
     history_rows = torch.as_tensor(history_rows, device=device).long()
-    history_cols = torch.as_tensor(history_items, device=device).long() - 1  # column = item - 1
+    history_items = torch.as_tensor(history_items, device=device).long()
+    if history_rows.shape != history_items.shape:
+        raise ValueError(f"history_rows {tuple(history_rows.shape)} and history_items "
+                         f"{tuple(history_items.shape)} must be pairs of the same length")
+    if history_rows.numel() and (history_rows.min() < 0 or history_rows.max() >= num_users
+                                 or history_items.min() < 1
+                                 or history_items.max() > num_items):
+        raise ValueError(f"history pairs must have rows in 0..{num_users - 1} and items in "
+                         f"1..{num_items}; got rows {int(history_rows.min())}.."
+                         f"{int(history_rows.max())}, items {int(history_items.min())}.."
+                         f"{int(history_items.max())}")
+
+    fused = target_ranks_native(user_vecs, item_table, target_ids, history_rows, history_items)
+    if fused is not None:
+        ranks, target_scores = fused
+        _check_target_scores(target_scores)
+        return ranks
+
+    history_cols = history_items - 1  # column = item - 1
 
     real_items_t = item_table[1:].to(user_vecs.dtype).T  # [d, I], padding dropped
     ranks = torch.empty(num_users, dtype=torch.long, device=device)
@@ -97,9 +119,7 @@ def rank_targets(
         scores = user_vecs[lo:hi] @ real_items_t  # [b, I]: column j scores item j + 1
         # Read the targets' scores before masking: the target itself is never excluded.
         target_scores = scores.gather(1, (target_ids[lo:hi] - 1)[:, None])  # [b, 1]
-        if not torch.isfinite(target_scores).all():
-            raise ValueError("the model produced a non-finite score for a target item; "
-                             "check the user vectors and item embeddings for NaN/inf")
+        _check_target_scores(target_scores)
         in_chunk = (history_rows >= lo) & (history_rows < hi)
         scores.index_put_(
             (history_rows[in_chunk] - lo, history_cols[in_chunk]),
@@ -107,6 +127,12 @@ def rank_targets(
         )
         ranks[lo:hi] = 1 + (scores > target_scores).sum(dim=1)
     return ranks
+
+
+def _check_target_scores(target_scores: torch.Tensor) -> None:
+    if not torch.isfinite(target_scores).all():
+        raise ValueError("the model produced a non-finite score for a target item; "
+                         "check the user vectors and item embeddings for NaN/inf")
 
 
 def rank_users(

@@ -31,9 +31,11 @@ inline vi lanes_below(int64_t count) {
 // the first `count` (< VL) lanes at p, the others 0; nothing past them is read or written
 inline vf load_part(const float* p, int64_t count) {
 #if defined(__AVX512F__)
-  return reinterpret_cast<vf>(_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << count) - 1), p));
+  return reinterpret_cast<vf>(
+      _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << count) - 1), p));
 #elif defined(__AVX__)
-  return reinterpret_cast<vf>(_mm256_maskload_ps(p, reinterpret_cast<__m256i>(lanes_below(count))));
+  return reinterpret_cast<vf>(
+      _mm256_maskload_ps(p, reinterpret_cast<__m256i>(lanes_below(count))));
 #else
   vf x{};
   for (int64_t l = 0; l < count; ++l) x[l] = p[l];
@@ -42,9 +44,11 @@ inline vf load_part(const float* p, int64_t count) {
 }
 inline void store_part(float* p, vf x, int64_t count) {
 #if defined(__AVX512F__)
-  _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << count) - 1), reinterpret_cast<__m512>(x));
+  _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << count) - 1),
+                        reinterpret_cast<__m512>(x));
 #elif defined(__AVX__)
-  _mm256_maskstore_ps(p, reinterpret_cast<__m256i>(lanes_below(count)), reinterpret_cast<__m256>(x));
+  _mm256_maskstore_ps(p, reinterpret_cast<__m256i>(lanes_below(count)),
+                      reinterpret_cast<__m256>(x));
 #else
   for (int64_t l = 0; l < count; ++l) p[l] = x[l];
 #endif
@@ -54,7 +58,8 @@ inline void store_part(float* p, vf x, int64_t count) {
 inline float lane_sum(vf x) {
 #if defined(__AVX512F__)
   const __m512 z = reinterpret_cast<__m512>(x);
-  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(z), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z), 1)));
+  const __m256 high = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z), 1));
+  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(z), high);
 #elif defined(__AVX__)
   const __m256 h = reinterpret_cast<__m256>(x);
 #endif
@@ -101,11 +106,15 @@ inline void normalise(const float* __restrict x, int64_t K, float eps, float* __
   }
 }
 
-// Wt [K, npad] = W^T for W [N, K], zero in columns [N, npad)
+// Wt [K, npad] = W^T for W [N, K], zero in columns [N, npad); 16 rows of W at a time, so that
+// each k writes a whole cache line of Wt (a large W, such as an item table, packs at memory speed)
 std::vector<float> pack_transposed(const float* W, int64_t N, int64_t K, int64_t npad) {
   std::vector<float> wt(K * npad, 0.0f);
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t k = 0; k < K; ++k) wt[k * npad + n] = W[n * K + k];
+  for (int64_t n0 = 0; n0 < N; n0 += 16) {
+    const int64_t n1 = std::min(N, n0 + 16);
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t n = n0; n < n1; ++n) wt[k * npad + n] = W[n * K + k];
+  }
   return wt;
 }
 
@@ -113,8 +122,8 @@ std::vector<float> pack_transposed(const float* W, int64_t N, int64_t K, int64_t
 // acc[r][v] = sum_k A[r][k] * Wt[k][c + v * VL + lane], handed to emit(r, column, vector).
 // Not inlined: inside a large caller GCC spills the accumulators to the stack.
 template <int NV, typename Emit>
-__attribute__((noinline)) void tile(const float* A, int64_t lda, const float* Wt, int64_t npad, int64_t K,
-                 int64_t c, const Emit& emit) {
+__attribute__((noinline)) void tile(const float* A, int64_t lda, const float* Wt, int64_t npad,
+                                    int64_t K, int64_t c, const Emit& emit) {
   vf acc[R][NV] = {};
   for (int64_t k = 0; k < K; ++k) {
     vf w[NV];
