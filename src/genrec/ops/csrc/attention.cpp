@@ -159,12 +159,15 @@ void product_nt(const float* A, int64_t lda, const float* Bt, int64_t ldb, int64
   }
 }
 
-// out[r][v] = scale * sum_{k < K} P[r][k] * B[k][v], NV vectors of each output row.
+// out[r][v] = scale * sum_{k < K} P[r][k] * B[k][v], NV vectors of each output row. k = 0 sets
+// the accumulators (as dense::tile's), so that they are not a zeroed array in memory.
 template <int NV>
 void product_nn_part(const float* P, int64_t ldp, int64_t K, const float* B, int64_t ldb,
                      float* out, int64_t ldo, float scale) {
-  vf acc[MR][NV] = {};
-  for (int64_t k = 0; k < K; ++k) {
+  vf acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = K > 0 ? splat(P[r * ldp]) * load(B + v * VL) : vf{};
+  for (int64_t k = 1; k < K; ++k) {
     vf b[NV];
     for (int v = 0; v < NV; ++v) b[v] = load(B + k * ldb + v * VL);
     for (int r = 0; r < MR; ++r) {

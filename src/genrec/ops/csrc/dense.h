@@ -120,11 +120,13 @@ std::vector<float> pack_transposed(const float* W, int64_t N, int64_t K, int64_t
 
 // The tile of rows [0, R) of A [., K] (stride lda) times Wt's columns [c, c + NV * VL):
 // acc[r][v] = sum_k A[r][k] * Wt[k][c + v * VL + lane], handed to emit(r, column, vector).
-// Not inlined: inside a large caller GCC spills the accumulators to the stack.
+// Not inlined: inside a large caller GCC spills the accumulators to the stack. K >= 1: k = 0
+// sets the accumulators (its product, which is what an FMA onto zero rounds to; a zeroed
+// array costs GCC a memset of it per tile), the later k add to them.
 template <int NV, typename Emit>
 __attribute__((noinline)) void tile(const float* A, int64_t lda, const float* Wt, int64_t npad,
                                     int64_t K, int64_t c, const Emit& emit) {
-  vf acc[R][NV] = {};
+  vf acc[R][NV];
   for (int64_t k = 0; k < K; ++k) {
     vf w[NV];
     for (int v = 0; v < NV; ++v) {
@@ -132,6 +134,11 @@ __attribute__((noinline)) void tile(const float* A, int64_t lda, const float* Wt
 #if defined(__AVX__)
       asm("" : "+v"(w[v]));  // keep it in a register: one load per k, not one per row
 #endif
+    }
+    if (k == 0) {
+      for (int r = 0; r < R; ++r)
+        for (int v = 0; v < NV; ++v) acc[r][v] = splat(A[r * lda]) * w[v];
+      continue;
     }
     for (int r = 0; r < R; ++r) {
       const vf a = splat(A[r * lda + k]);
