@@ -91,3 +91,8 @@ def test_history_pairs_out_of_range_are_an_error():
             rank_targets(ONE, SCORES, torch.tensor([1]), torch.tensor(rows), torch.tensor(items))
     with pytest.raises(ValueError, match="same length"):
         rank_targets(ONE, SCORES, torch.tensor([1]), torch.tensor([0, 0]), torch.tensor([2]))
+
+
+def test_one_target_per_user_vector():
+    with pytest.raises(ValueError, match="one id per user"):
+        rank_targets(torch.ones(3, 1), SCORES, torch.tensor([1, 2]))

@@ -128,10 +128,16 @@ def test_native_time_term_over_every_bucket_of_small_and_large_tables(table):
         gaps = case.query_timestamps[start:end, None] - case.timestamps[None, start:end]
         seen |= set(time_buckets(gaps, table).tril().unique().tolist())
     assert len(seen) > 50 and max(seen) >= 128
-    got = output_and_grads(fast, case.cast(torch.float32))
     want = output_and_grads(reference, case.cast(torch.float64))
-    for i, (g32, w64) in enumerate(zip(got, want, strict=True)):
-        assert relative_error(g32, w64) < 1e-5, f"result {i}"
+    before = torch.get_num_threads()
+    try:  # 4 sequences: one thread takes all heads of a sequence (the block's shared time
+        for threads in (1, 2):  # terms), two take a head each (each row's own)
+            torch.set_num_threads(threads)
+            got = output_and_grads(fast, case.cast(torch.float32))
+            for i, (g32, w64) in enumerate(zip(got, want, strict=True)):
+                assert relative_error(g32, w64) < 1e-5, f"result {i}, {threads} threads"
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_time_buckets_equal_the_float64_reference_at_every_edge():

@@ -43,8 +43,9 @@ def integer_case(users: int, items: int, width: int, history: int, seed: int):
     return u, table, targets, rows, hist
 
 
+# (..., 300, 4096): chunks of 64 items (the kernel packs about 2^18 floats at a time), 5 of them
 @pytest.mark.parametrize("users,items,width", [(1, 1, 1), (37, 101, 7), (130, 1000, 50),
-                                               (9, 16, 16), (8, 33, 3)])
+                                               (9, 16, 16), (8, 33, 3), (20, 300, 4096)])
 def test_native_ranks_equal_the_exact_count(users, items, width):
     u, table, targets, rows, hist = integer_case(users, items, width, 5 * users, seed=items)
     ranks, target_scores = target_ranks_native(u, table, targets, rows, hist)
@@ -83,3 +84,36 @@ def test_native_declines_what_it_does_not_compute():
     assert target_ranks_native(u.detach()[:, :0], table[:, :0], targets, rows, hist) is None
     with torch.no_grad():
         assert target_ranks_native(u, table, targets, rows, hist) is not None
+
+
+def test_an_item_equal_to_the_target_never_counts():
+    """Float scores: an extra item equal to a user's target gets the target's bits (its score
+    comes from the same tile function as the target's), ties, and is not counted."""
+    g = torch.Generator().manual_seed(7)
+    users, table = torch.randn(45, 50, generator=g), torch.randn(1001, 50, generator=g)
+    targets = torch.randint(1, 1001, (45,), generator=g)
+    none = torch.zeros(0, dtype=torch.long)
+    ranks, scores = target_ranks_native(users, table, targets, none, none)
+    assert (ranks > 1).any()
+    for b in range(45):
+        twin = torch.cat([table, table[targets[b]][None]])  # item 1001 copies the target
+        rank, score = target_ranks_native(users[b:b + 1], twin, targets[b:b + 1], none, none)
+        assert rank[0] == ranks[b] and score[0] == scores[b]
+
+
+@pytest.mark.parametrize("bad", ["short_targets", "target_zero", "history_item_past_end",
+                                 "history_row_past_end", "unpaired"])
+def test_native_rejects_ids_it_would_read_or_write_by(bad):
+    u, table, targets, rows, hist = integer_case(4, 10, 3, 8, seed=6)
+    if bad == "short_targets":
+        targets = targets[:3]
+    elif bad == "target_zero":
+        targets[0] = 0
+    elif bad == "history_item_past_end":
+        hist[0] = 11
+    elif bad == "history_row_past_end":
+        rows[0] = 4
+    else:
+        rows = rows[:-1]
+    with pytest.raises(ValueError, match="target_ids|history"):
+        target_ranks_native(u, table, targets, rows, hist)

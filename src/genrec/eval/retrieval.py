@@ -85,6 +85,9 @@ def rank_targets(
     device = user_vecs.device
     num_users, num_items = user_vecs.shape[0], item_table.shape[0] - 1
     target_ids = torch.as_tensor(target_ids, device=device).long()
+    if target_ids.shape != (num_users,):
+        raise ValueError(f"target_ids must hold one id per user vector ({num_users}); got "
+                         f"shape {tuple(target_ids.shape)}")
     if target_ids.numel() and (target_ids.min() < 1 or target_ids.max() > num_items):
         raise ValueError(f"target ids must lie in 1..{num_items} (0 is padding); "
                          f"got range {int(target_ids.min())}..{int(target_ids.max())}")

@@ -37,9 +37,11 @@ def target_ranks_native(
     (not fp32 on the CPU, a gradient to track, no built kernel, an empty table or width).
 
     Args:
-        user_vecs: [B, d]; item_table: [I + 1, d]; target_ids: [B] int64 in 1..I.
-        history_rows, history_items: [H] int64 (batch row in 0..B−1, item in 1..I) pairs in
-            any order; duplicates are harmless. The caller checks the ranges.
+        user_vecs: [B, d]; item_table: [I + 1, d]; target_ids: [B] int in 1..I.
+        history_rows, history_items: [H] int (batch row in 0..B−1, item in 1..I) pairs in
+            any order; duplicates are harmless.
+    Raises:
+        ValueError: shapes or ids out of range (the kernel reads and writes by them).
     """
     tensors = (user_vecs, item_table)
     if (torch.compiler.is_compiling()
@@ -55,7 +57,10 @@ def target_ranks_native(
     kernel = lib.genrec_rank_targets_f32
     if kernel.argtypes is None:
         kernel.argtypes, kernel.restype = _ARGUMENTS, None
-    num_users = user_vecs.shape[0]
+    num_users, num_items = user_vecs.shape[0], item_table.shape[0] - 1
+    _check_ids("target_ids", target_ids, (num_users,), 1, num_items)
+    _check_ids("history_rows", history_rows, history_items.shape, 0, num_users - 1)
+    _check_ids("history_items", history_items, history_rows.shape, 1, num_items)
     users = user_vecs if user_vecs.stride(1) == 1 else user_vecs.contiguous()
     items = item_table.contiguous()
     targets = target_ids.to(torch.int64).contiguous()
@@ -68,6 +73,16 @@ def target_ranks_native(
     ranks = torch.empty(num_users, dtype=torch.int64)
     scores = torch.empty(num_users, dtype=torch.float32)
     kernel(users.data_ptr(), users.stride(0), num_users, users.shape[1], items.data_ptr(),
-           items.shape[0] - 1, targets.data_ptr(), offsets.data_ptr(), excluded.data_ptr(),
+           num_items, targets.data_ptr(), offsets.data_ptr(), excluded.data_ptr(),
            ranks.data_ptr(), scores.data_ptr(), torch.get_num_threads())
     return ranks, scores
+
+
+def _check_ids(name: str, ids: torch.Tensor, shape: tuple, low: int, high: int) -> None:
+    """ids of `shape`, on the CPU, integral, all in [low, high]."""
+    if ids.shape != shape or ids.device.type != "cpu" or ids.is_floating_point():
+        raise ValueError(f"{name}: expected integer ids of shape {tuple(shape)} on the CPU, "
+                         f"got {ids.dtype} {tuple(ids.shape)} on {ids.device}")
+    if ids.numel() and (int(ids.min()) < low or int(ids.max()) > high):
+        raise ValueError(f"{name} must lie in {low}..{high}; got "
+                         f"{int(ids.min())}..{int(ids.max())}")

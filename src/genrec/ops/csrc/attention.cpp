@@ -444,7 +444,7 @@ Hstu hstu_policy(float alpha, int64_t max_seq_len, const float* pos, int64_t pos
   Hstu policy{alpha,          1.0f / static_cast<float>(max_seq_len), max_seq_len, pos,
               pos_size,       time, num_buckets, buckets, square_offsets, pos_part, time_part,
               false,          {}};
-  if (time != nullptr && num_buckets <= LOOKUP) {
+  if (LOOKUP > 0 && time != nullptr && num_buckets <= LOOKUP) {
     std::copy(time, time + num_buckets, policy.table);
     policy.padded = true;
   }

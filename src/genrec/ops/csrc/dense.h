@@ -28,7 +28,8 @@ inline vi lanes_below(int64_t count) {
   return lane < static_cast<int32_t>(count);
 }
 
-// the first `count` (< VL) lanes at p, the others 0; nothing past them is read or written
+// the first `count` (1 <= count < VL) lanes at p, the others 0; nothing past them is read or
+// written
 inline vf load_part(const float* p, int64_t count) {
 #if defined(__AVX512F__)
   return reinterpret_cast<vf>(
@@ -107,7 +108,8 @@ inline void normalise(const float* __restrict x, int64_t K, float eps, float* __
 }
 
 // Wt [K, npad] = W^T for W [N, K], zero in columns [N, npad); 16 rows of W at a time, so that
-// each k writes a whole cache line of Wt (a large W, such as an item table, packs at memory speed)
+// each k writes 16 adjacent floats of Wt (a large W, such as an item table, packs at about
+// memory speed)
 std::vector<float> pack_transposed(const float* W, int64_t N, int64_t K, int64_t npad) {
   std::vector<float> wt(K * npad, 0.0f);
   for (int64_t n0 = 0; n0 < N; n0 += 16) {
