@@ -468,8 +468,9 @@ struct Softmax {
 
   int64_t partial_size() const { return 0; }
 
-  // p~ = p * keep_scale where the pair is kept, 0 where dropped
-  void dropout(int64_t pair, int64_t end, const float* __restrict p, float* __restrict out) const {
+  // p~ = p * keep_scale where the pair is kept, 0 where dropped; out may be p (each element is
+  // read before it is written, so the pointers are not restrict)
+  void dropout(int64_t pair, int64_t end, const float* p, float* out) const {
     if (drop_below == 0) {
 #pragma omp simd
       for (int64_t j = 0; j < end; ++j) out[j] = p[j] * keep_scale;
