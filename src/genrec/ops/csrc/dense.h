@@ -107,16 +107,20 @@ inline void normalise(const float* __restrict x, int64_t K, float eps, float* __
   }
 }
 
-// Wt [K, npad] = W^T for W [N, K], zero in columns [N, npad); 16 rows of W at a time, so that
-// each k writes 16 adjacent floats of Wt (a large W, such as an item table, packs at about
-// memory speed)
+// Columns [j0, j1) of Wt [K, npad] = W^T for W [N, K], zero in columns >= N: each k writes
+// adjacent floats of Wt, so callers pack 16 columns at a time (a large W, such as an item
+// table, packs at about memory speed) and may split the columns over threads
+inline void pack_columns(const float* W, int64_t N, int64_t K, int64_t npad, int64_t j0,
+                         int64_t j1, float* wt) {
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t j = j0; j < j1; ++j) wt[k * npad + j] = j < N ? W[j * K + k] : 0.0f;
+}
+
+// Wt [K, npad] = W^T for W [N, K], zero in columns [N, npad)
 std::vector<float> pack_transposed(const float* W, int64_t N, int64_t K, int64_t npad) {
-  std::vector<float> wt(K * npad, 0.0f);
-  for (int64_t n0 = 0; n0 < N; n0 += 16) {
-    const int64_t n1 = std::min(N, n0 + 16);
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t n = n0; n < n1; ++n) wt[k * npad + n] = W[n * K + k];
-  }
+  std::vector<float> wt(K * npad);
+  for (int64_t j0 = 0; j0 < npad; j0 += 16)
+    pack_columns(W, N, K, npad, j0, std::min(npad, j0 + 16), wt.data());
   return wt;
 }
 

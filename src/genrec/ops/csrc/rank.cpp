@@ -103,16 +103,13 @@ void genrec_rank_targets_f32(const float* users, int64_t ldu, int64_t B, int64_t
     for (int64_t c0 = 0; c0 < I; c0 += span) {  // every thread walks the chunks in step
       const int64_t c1 = std::min(I, c0 + span), npad = round_up(c1 - c0, VL);
       const int64_t words = npad / VL;
-      // column j of the chunk is item c0 + j + 1; 16 items at a time, zeros past c1
+      // column j of the chunk is item c0 + j + 1, zeros past c1; 16 items at a time
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-      for (int64_t j0 = 0; j0 < npad; j0 += 16) {
-        const int64_t j1 = std::min(npad, j0 + 16);
-        for (int64_t k = 0; k < d; ++k)
-          for (int64_t j = j0; j < j1; ++j)
-            wt[k * npad + j] = c0 + j < c1 ? items[(c0 + j + 1) * d + k] : 0.0f;
-      }
+      for (int64_t j0 = 0; j0 < npad; j0 += 16)
+        dense::pack_columns(items + (c0 + 1) * d, c1 - c0, d, npad, j0,
+                            std::min(npad, j0 + 16), wt.get());
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
