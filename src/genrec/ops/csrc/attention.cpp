@@ -285,17 +285,72 @@ void copy_rows(const float* src, int64_t stride, int64_t n, int64_t d, float* ds
   }
 }
 
-// dst [d, ld] = the slice's rows [0, n) transposed, zero-padded to ld columns. The rows are
-// first copied whole into `rows` [n, d] (sequential reads of memory the cache may not hold),
-// then transposed from there.
+// m[r][l] -> m[l][r]: a VL x VL block transposed in registers. AVX-512: four rounds of eight
+// pairs of two-source permutes, round b swapping bit b of the row with bit b of the lane
+// (m[i][l | b] with m[i | b][l] for the i, l whose bit b is clear); AVX: the usual unpacks,
+// shuffles and 128-bit swaps.
+inline void transpose_block(vf m[VL]) {
+#if defined(__AVX512F__)
+  const vi lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+#pragma GCC unroll 4
+  for (int b = 1; b < VL; b *= 2) {
+    // indices into (m[i], m[i | b]), whose lanes are 0..15 and 16..31
+    const vi low = (lane & b) != 0 ? (lane ^ b) + VL : lane;
+    const vi high = (lane & b) != 0 ? lane + VL : lane | b;
+#pragma GCC unroll 16
+    for (int i = 0; i < VL; ++i) {
+      if (i & b) continue;
+      const __m512 x = reinterpret_cast<__m512>(m[i]), y = reinterpret_cast<__m512>(m[i | b]);
+      m[i] = reinterpret_cast<vf>(_mm512_permutex2var_ps(x, reinterpret_cast<__m512i>(low), y));
+      m[i | b] =
+          reinterpret_cast<vf>(_mm512_permutex2var_ps(x, reinterpret_cast<__m512i>(high), y));
+    }
+  }
+#elif defined(__AVX__)
+  __m256 t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(reinterpret_cast<__m256>(m[i]), reinterpret_cast<__m256>(m[i + 1]));
+    t[i + 1] =
+        _mm256_unpackhi_ps(reinterpret_cast<__m256>(m[i]), reinterpret_cast<__m256>(m[i + 1]));
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    m[i] = reinterpret_cast<vf>(_mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
+    m[i + 4] = reinterpret_cast<vf>(_mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
+  }
+#else
+  for (int r = 0; r < VL; ++r)
+    for (int l = r + 1; l < VL; ++l) std::swap(m[r][l], m[l][r]);
+#endif
+}
+
+// dst [d, ld] = the slice's rows [0, n) transposed, zero in columns [n, ld) (ld >= round_up(n,
+// VL)): VL x VL blocks read from the rows (d floats of each, none past them), transposed in
+// registers and stored as whole vectors.
 void copy_transposed(const float* src, int64_t stride, int64_t n, int64_t d, float* dst,
-                     int64_t ld, float* rows) {
-  for (int64_t i = 0; i < n; ++i) copy_floats(rows + i * d, src + i * stride, d);
-  for (int64_t c = 0; c < d; ++c) zero_floats(dst + c * ld + n, ld - n);
-  for (int64_t i0 = 0; i0 < n; i0 += 16) {
-    const int64_t i1 = std::min(n, i0 + 16);
-    for (int64_t c = 0; c < d; ++c)
-      for (int64_t i = i0; i < i1; ++i) dst[c * ld + i] = rows[i * d + c];
+                     int64_t ld) {
+  const int64_t cols = round_up(n, VL);
+  for (int64_t c = 0; c < d; ++c) zero_floats(dst + c * ld + cols, ld - cols);
+  for (int64_t i0 = 0; i0 < n; i0 += VL) {
+    for (int64_t c0 = 0; c0 < d; c0 += VL) {
+      const int64_t count = std::min<int64_t>(VL, d - c0);
+      const int64_t rows = std::min<int64_t>(VL, n - i0);
+      vf m[VL];
+#pragma GCC unroll 16
+      for (int r = 0; r < VL; ++r) {
+        const bool real = r < rows;  // the rows past n are zeros (no lane of them is read)
+        m[r] = dense::load_part(src + (real ? (i0 + r) * stride + c0 : 0), real ? count : 0);
+      }
+      transpose_block(m);
+#pragma GCC unroll 16
+      for (int c = 0; c < VL; ++c)
+        if (c < count) store(dst + (c0 + c) * ld + i0, m[c]);
+    }
   }
 }
 
@@ -549,7 +604,7 @@ Softmax softmax_policy(float scale, double dropout, uint64_t seed) {
 
 // A thread's scratch for forward heads, grown as needed and reused across its tasks.
 struct ForwardScratch {
-  std::vector<float> q, kt, v, s, o, t, bias;
+  std::vector<float> q, kt, v, s, o, bias;
 };
 
 // Heads h0 .. h0 + group - 1 of sequence b: q, k, v point at the sequence's first token's rows
@@ -584,8 +639,7 @@ void forward_heads(const Problem& p, const Policy& policy, int64_t b, int64_t h0
       copy_rows(q + h * dqk, q_stride, n, dqk, w.q.data() + g * q_head, dqk, rows);
       copy_rows(v + h * dv, v_stride, n, dv, w.v.data() + g * v_head, wv, cols);
     }
-    copy_transposed(k + h * dqk, k_stride, n, dqk, kt + g * dqk * cols, cols,
-                    scratch(w.t, n * dqk));
+    copy_transposed(k + h * dqk, k_stride, n, dqk, kt + g * dqk * cols, cols);
   }
   for (int64_t i0 = 0; i0 < n; i0 += MR) {
     const int64_t block_end = p.causal ? std::min(n, i0 + MR) : n;  // keys of the block
@@ -658,7 +712,7 @@ void backward_tasks(const Problem& p, const Policy& policy, const float* grad_ou
 #endif
   {
     std::vector<float> q_buf, k_buf, vt_buf, g_buf, dk_buf, dv_buf, s_buf, ds_buf, o_buf,
-        t_buf, kt_buf, l_buf;
+        kt_buf, l_buf;
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
@@ -682,16 +736,14 @@ void backward_tasks(const Problem& p, const Policy& policy, const float* grad_ou
         float* acc = scratch(o_buf, MR * wq);
         copy_rows(q + o * q_stride + h * dqk, q_stride, n, dqk, qs, wq, rows);
         copy_rows(k + o * k_stride + h * dqk, k_stride, n, dqk, ks, wq, cols);
-        copy_transposed(v + o * v_stride + h * dv, v_stride, n, dv, vt, cols,
-                        scratch(t_buf, n * dv));
+        copy_transposed(v + o * v_stride + h * dv, v_stride, n, dv, vt, cols);
         copy_rows(grad_out + o * g_stride + h * dv, g_stride, n, dv, gs, wv, rows);
         float* kt = nullptr;  // K^T and the block's logits, when the policy recomputes them
         float* block_logits = nullptr;
         if constexpr (Policy::recompute) {
           kt = scratch(kt_buf, wq * cols);
           block_logits = scratch(l_buf, MR * cols);
-          for (int64_t c = 0; c < dqk; ++c)
-            for (int64_t j = 0; j < cols; ++j) kt[c * cols + j] = ks[j * wq + c];
+          copy_transposed(ks, wq, n, dqk, kt, cols);
         }
         zero_floats(dks, cols * wq);
         zero_floats(dvs, cols * wv);

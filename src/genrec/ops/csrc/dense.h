@@ -28,8 +28,8 @@ inline vi lanes_below(int64_t count) {
   return lane < static_cast<int32_t>(count);
 }
 
-// the first `count` (1 <= count < VL) lanes at p, the others 0; nothing past them is read or
-// written
+// the first `count` (0 <= count <= VL) lanes at p, the others 0; nothing past them is read or
+// written (masked: a lane left out never faults)
 inline vf load_part(const float* p, int64_t count) {
 #if defined(__AVX512F__)
   return reinterpret_cast<vf>(
