@@ -285,50 +285,6 @@ void copy_rows(const float* src, int64_t stride, int64_t n, int64_t d, float* ds
   }
 }
 
-// m[r][l] -> m[l][r]: a VL x VL block transposed in registers. AVX-512: four rounds of eight
-// pairs of two-source permutes, round b swapping bit b of the row with bit b of the lane
-// (m[i][l | b] with m[i | b][l] for the i, l whose bit b is clear); AVX: the usual unpacks,
-// shuffles and 128-bit swaps.
-inline void transpose_block(vf m[VL]) {
-#if defined(__AVX512F__)
-  const vi lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-#pragma GCC unroll 4
-  for (int b = 1; b < VL; b *= 2) {
-    // indices into (m[i], m[i | b]), whose lanes are 0..15 and 16..31
-    const vi low = (lane & b) != 0 ? (lane ^ b) + VL : lane;
-    const vi high = (lane & b) != 0 ? lane + VL : lane | b;
-#pragma GCC unroll 16
-    for (int i = 0; i < VL; ++i) {
-      if (i & b) continue;
-      const __m512 x = reinterpret_cast<__m512>(m[i]), y = reinterpret_cast<__m512>(m[i | b]);
-      m[i] = reinterpret_cast<vf>(_mm512_permutex2var_ps(x, reinterpret_cast<__m512i>(low), y));
-      m[i | b] =
-          reinterpret_cast<vf>(_mm512_permutex2var_ps(x, reinterpret_cast<__m512i>(high), y));
-    }
-  }
-#elif defined(__AVX__)
-  __m256 t[8], u[8];
-  for (int i = 0; i < 8; i += 2) {
-    t[i] = _mm256_unpacklo_ps(reinterpret_cast<__m256>(m[i]), reinterpret_cast<__m256>(m[i + 1]));
-    t[i + 1] =
-        _mm256_unpackhi_ps(reinterpret_cast<__m256>(m[i]), reinterpret_cast<__m256>(m[i + 1]));
-  }
-  for (int i = 0; i < 8; i += 4) {
-    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
-    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
-    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-  }
-  for (int i = 0; i < 4; ++i) {
-    m[i] = reinterpret_cast<vf>(_mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
-    m[i + 4] = reinterpret_cast<vf>(_mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
-  }
-#else
-  for (int r = 0; r < VL; ++r)
-    for (int l = r + 1; l < VL; ++l) std::swap(m[r][l], m[l][r]);
-#endif
-}
-
 // dst [d, ld] = the slice's rows [0, n) transposed, zero in columns [n, ld) (ld >= round_up(n,
 // VL)): VL x VL blocks read from the rows (d floats of each, none past them), transposed in
 // registers and stored as whole vectors.
@@ -346,7 +302,7 @@ void copy_transposed(const float* src, int64_t stride, int64_t n, int64_t d, flo
         const bool real = r < rows;  // the rows past n are zeros (no lane of them is read)
         m[r] = dense::load_part(src + (real ? (i0 + r) * stride + c0 : 0), real ? count : 0);
       }
-      transpose_block(m);
+      dense::transpose_block(m);
 #pragma GCC unroll 16
       for (int c = 0; c < VL; ++c)
         if (c < count) store(dst + (c0 + c) * ld + i0, m[c]);
@@ -885,10 +841,7 @@ inline void last_row_attention(const Hstu& policy, int64_t heads, int64_t dqk, i
 inline void project_rows(const dense::Project& step, int64_t n, const float* wt, int64_t npad,
                          float* norm) {
   for (int64_t t0 = 0; t0 < n; t0 += dense::BLOCK)
-    dense::block(
-        t0, std::min(dense::BLOCK, n - t0), step.K, wt, npad, norm,
-        [&](int64_t i, float* row) { step.prepare(i, row); },
-        [&](int64_t i, int64_t col, vf y) { step.emit(i, col, y); });
+    dense::block(t0, std::min(dense::BLOCK, n - t0), step.K, wt, npad, norm, step);
 }
 
 }  // namespace
@@ -1036,10 +989,7 @@ void genrec_hstu_layer_forward_f32(const float* x, int64_t d, const float* w1, c
       const dense::Output output{av,    hv,          uvqk, ld1, hv,        eps,
                                  bias.data(), x + o * d, d,    out + o * d, d,  d};
       for (int64_t t0 = 0; t0 < n; t0 += dense::BLOCK)
-        dense::block(
-            t0, std::min(dense::BLOCK, n - t0), hv, wt2.data(), npad2, norm,
-            [&](int64_t i, float* row) { output.prepare(i, row); },
-            [&](int64_t i, int64_t col, vf y) { output.emit(i, col, y); });
+        dense::block(t0, std::min(dense::BLOCK, n - t0), hv, wt2.data(), npad2, norm, output);
     }
   }
 }
@@ -1099,10 +1049,7 @@ void genrec_hstu_layer_last_f32(const float* x, int64_t d, const float* w_vk,
       std::fill(bk, bk + n, uint8_t{0});
       const dense::Output output{av,          hv, uq_last + b * ld_uq,      ld_uq,       hv, eps,
                                  bias.data(), x + (o + n - 1) * d, d, out + b * d, d,  d};
-      dense::block(
-          0, 1, hv, wt2.data(), npad2, norm,
-          [&](int64_t i, float* r) { output.prepare(i, r); },
-          [&](int64_t i, int64_t col, vf y) { output.emit(i, col, y); });
+      dense::block(0, 1, hv, wt2.data(), npad2, norm, output);
     }
   }
 }

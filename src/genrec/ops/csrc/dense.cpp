@@ -54,10 +54,7 @@ void blocks(int64_t T, int64_t K, const float* Wt, int64_t npad, int threads, co
 #endif
     for (int64_t b = 0; b < count; ++b) {
       const int64_t t0 = b * dense::BLOCK;
-      dense::block(
-          t0, std::min(dense::BLOCK, T - t0), K, Wt, npad, scratch.data(),
-          [&](int64_t t, float* row) { step.prepare(t, row); },
-          [&](int64_t t, int64_t col, vf x) { step.emit(t, col, x); });
+      dense::block(t0, std::min(dense::BLOCK, T - t0), K, Wt, npad, scratch.data(), step);
     }
   }
 }

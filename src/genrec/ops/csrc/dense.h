@@ -55,6 +55,50 @@ inline void store_part(float* p, vf x, int64_t count) {
 #endif
 }
 
+// m[r][l] -> m[l][r]: a VL x VL block transposed in registers. AVX-512: four rounds of eight
+// pairs of two-source permutes, round b swapping bit b of the row with bit b of the lane
+// (m[i][l | b] with m[i | b][l] for the i, l whose bit b is clear); AVX: the usual unpacks,
+// shuffles and 128-bit swaps.
+inline void transpose_block(vf m[VL]) {
+#if defined(__AVX512F__)
+  const vi lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+#pragma GCC unroll 4
+  for (int b = 1; b < VL; b *= 2) {
+    // indices into (m[i], m[i | b]), whose lanes are 0..15 and 16..31
+    const vi low = (lane & b) != 0 ? (lane ^ b) + VL : lane;
+    const vi high = (lane & b) != 0 ? lane + VL : lane | b;
+#pragma GCC unroll 16
+    for (int i = 0; i < VL; ++i) {
+      if (i & b) continue;
+      const __m512 x = reinterpret_cast<__m512>(m[i]), y = reinterpret_cast<__m512>(m[i | b]);
+      m[i] = reinterpret_cast<vf>(_mm512_permutex2var_ps(x, reinterpret_cast<__m512i>(low), y));
+      m[i | b] =
+          reinterpret_cast<vf>(_mm512_permutex2var_ps(x, reinterpret_cast<__m512i>(high), y));
+    }
+  }
+#elif defined(__AVX__)
+  __m256 t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(reinterpret_cast<__m256>(m[i]), reinterpret_cast<__m256>(m[i + 1]));
+    t[i + 1] =
+        _mm256_unpackhi_ps(reinterpret_cast<__m256>(m[i]), reinterpret_cast<__m256>(m[i + 1]));
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    m[i] = reinterpret_cast<vf>(_mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
+    m[i + 4] = reinterpret_cast<vf>(_mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
+  }
+#else
+  for (int r = 0; r < VL; ++r)
+    for (int l = r + 1; l < VL; ++l) std::swap(m[r][l], m[l][r]);
+#endif
+}
+
 // the sum of x's lanes, halving the vector each step
 inline float lane_sum(vf x) {
 #if defined(__AVX512F__)
@@ -78,32 +122,79 @@ inline float lane_sum(vf x) {
 
 inline vf silu(vf x) { return x * sigmoid(x); }
 
-// dst[0, K) = (x - mean(x)) / sqrt(var(x) + eps) for the K floats at x, times gate[0, K) when
-// given: two passes in vectors, each summed lane-wise and then across the lanes
-inline void normalise(const float* __restrict x, int64_t K, float eps, float* __restrict dst,
-                      const float* __restrict gate = nullptr) {
+// sqrt of each lane (correctly rounded, as std::sqrt)
+inline vf sqrt_lanes(vf x) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<vf>(_mm512_sqrt_ps(reinterpret_cast<__m512>(x)));
+#elif defined(__AVX__)
+  return reinterpret_cast<vf>(_mm256_sqrt_ps(reinterpret_cast<__m256>(x)));
+#else
+  for (int l = 0; l < VL; ++l) x[l] = std::sqrt(x[l]);
+  return x;
+#endif
+}
+
+// lane r = lane_sum(part[r]) for each r, with lane_sum's bits: the vectors transposed, then
+// added as the same halving tree (part is overwritten)
+inline vf lane_sums(vf part[VL]) {
+  transpose_block(part);
+  for (int half = VL / 2; half >= 1; half /= 2)
+    for (int l = 0; l < half; ++l) part[l] += part[l + half];
+  return part[0];
+}
+
+// Rows [0, rows) of x (stride ldx) over K floats to dst (stride K): (x - mean) / sqrt(var +
+// eps), times gate's row (stride ldg) when given. Each row is summed in lane vectors in two
+// passes (its mean, then its squared deviations), and VL rows' sums are added across the lanes
+// together (lane_sums), so that their mean, sqrt and division are one vector operation each and
+// the rows' latencies overlap; every row gets what it would get alone.
+inline void normalise_rows(const float* __restrict x, int64_t ldx, int64_t rows, int64_t K,
+                           float eps, float* __restrict dst, const float* __restrict gate,
+                           int64_t ldg) {
   const int64_t full = K / VL * VL, tail = K - full;
-  vf sum{};
-  for (int64_t c = 0; c < full; c += VL) sum += load(x + c);
-  if (tail > 0) sum += load_part(x + full, tail);
-  const float mean = lane_sum(sum) / static_cast<float>(K);
-  vf squares{};
-  for (int64_t c = 0; c < full; c += VL) {
-    const vf e = load(x + c) - mean;
-    squares += e * e;
-  }
-  if (tail > 0) {
-    const vf e = lanes_below(tail) ? load_part(x + full, tail) - mean : vf{};
-    squares += e * e;
-  }
-  const float rstd = 1.0f / std::sqrt(lane_sum(squares) / static_cast<float>(K) + eps);
-  for (int64_t c = 0; c < full; c += VL) {
-    const vf y = (load(x + c) - mean) * rstd;
-    store(dst + c, gate != nullptr ? y * load(gate + c) : y);
-  }
-  if (tail > 0) {
-    const vf y = (load_part(x + full, tail) - mean) * rstd;
-    store_part(dst + full, gate != nullptr ? y * load_part(gate + full, tail) : y, tail);
+  const float size = static_cast<float>(K);
+  for (int64_t r0 = 0; r0 < rows; r0 += VL) {
+    const int64_t group = std::min<int64_t>(VL, rows - r0);
+    vf part[VL];
+    for (int r = 0; r < VL; ++r) {
+      vf sum{};
+      const float* row = x + (r0 + r) * ldx;
+      if (r < group) {
+        for (int64_t c = 0; c < full; c += VL) sum += load(row + c);
+        if (tail > 0) sum += load_part(row + full, tail);
+      }
+      part[r] = sum;
+    }
+    const vf mean = lane_sums(part) / size;
+    for (int r = 0; r < VL; ++r) {
+      vf squares{};
+      const float* row = x + (r0 + r) * ldx;
+      if (r < group) {
+        for (int64_t c = 0; c < full; c += VL) {
+          const vf e = load(row + c) - mean[r];
+          squares += e * e;
+        }
+        if (tail > 0) {
+          const vf e = lanes_below(tail) ? load_part(row + full, tail) - mean[r] : vf{};
+          squares += e * e;
+        }
+      }
+      part[r] = squares;
+    }
+    const vf rstd = 1.0f / sqrt_lanes(lane_sums(part) / size + eps);
+    for (int64_t r = 0; r < group; ++r) {
+      const float* row = x + (r0 + r) * ldx;
+      const float* g = gate != nullptr ? gate + (r0 + r) * ldg : nullptr;
+      float* out = dst + (r0 + r) * K;
+      for (int64_t c = 0; c < full; c += VL) {
+        const vf y = (load(row + c) - mean[r]) * rstd[r];
+        store(out + c, g != nullptr ? y * load(g + c) : y);
+      }
+      if (tail > 0) {
+        const vf y = (load_part(row + full, tail) - mean[r]) * rstd[r];
+        store_part(out + full, g != nullptr ? y * load_part(g + full, tail) : y, tail);
+      }
+    }
   }
 }
 
@@ -178,17 +269,18 @@ void product(const float* A, int64_t lda, int64_t rows, const float* Wt, int64_t
   }
 }
 
-// Rows [t0, t0 + rows) (rows <= BLOCK) through `scratch` [BLOCK, K]: prepare(t, scratch_row)
-// fills the normalised rows, the padding rows up to whole tiles are zeroed, and emit(t, column,
-// vector) takes the product's vectors of the real rows.
-template <typename Prepare, typename Emit>
+// Rows [t0, t0 + rows) (rows <= BLOCK) of a step (Project, Output) through `scratch` [BLOCK,
+// K]: step.prepare(t0, rows, scratch) fills the normalised rows, the padding rows up to whole
+// tiles are zeroed, and step.emit(t, column, vector) takes the product's vectors of the real
+// rows.
+template <typename Step>
 void block(int64_t t0, int64_t rows, int64_t K, const float* Wt, int64_t npad, float* scratch,
-           const Prepare& prepare, const Emit& emit) {
-  for (int64_t r = 0; r < rows; ++r) prepare(t0 + r, scratch + r * K);
+           const Step& step) {
+  step.prepare(t0, rows, scratch);
   const int64_t padded = round_up(rows, R);
   std::fill(scratch + rows * K, scratch + padded * K, 0.0f);
   product(scratch, K, padded, Wt, npad, K, [&](int64_t r, int64_t col, vf x) {
-    if (r < rows) emit(t0 + r, col, x);
+    if (r < rows) step.emit(t0 + r, col, x);
   });
 }
 
@@ -202,7 +294,9 @@ struct Project {
   int64_t ldo, N;
   bool padded;
 
-  void prepare(int64_t t, float* row) const { normalise(x + t * ldx, K, eps, row); }
+  void prepare(int64_t t0, int64_t rows, float* dst) const {
+    normalise_rows(x + t0 * ldx, ldx, rows, K, eps, dst, nullptr, 0);
+  }
   void emit(int64_t t, int64_t col, vf acc) const {
     float* dst = out + t * ldo + col;
     if (padded || col + VL <= N) store(dst, silu(acc));
@@ -224,7 +318,9 @@ struct Output {
   float* out;
   int64_t ldo, N;
 
-  void prepare(int64_t t, float* row) const { normalise(a + t * lda, K, eps, row, u + t * ldu); }
+  void prepare(int64_t t0, int64_t rows, float* dst) const {
+    normalise_rows(a + t0 * lda, lda, rows, K, eps, dst, u + t0 * ldu, ldu);
+  }
   void emit(int64_t t, int64_t col, vf acc) const {
     const vf y = acc + load(bias + col);
     float* dst = out + t * ldo + col;
