@@ -17,7 +17,7 @@
 // the rows' k-th entries and does R * NV FMAs. The columns are split into chunks of at most
 // NVMAX vectors, as even as possible.
 //
-// The exp in SiLU is vectors.h's range-reduced degree-6 polynomial (relative error ~2e-7).
+// The exp in SiLU is vectors.h's range-reduced degree-5 polynomial (relative error ~2e-7).
 // Row blocks are split statically over the threads, and every result is computed by the same
 // operations whatever the thread count. Built and loaded by genrec.ops.native.
 
