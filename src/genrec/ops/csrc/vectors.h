@@ -22,21 +22,30 @@ inline void store(float* p, vf x) { *reinterpret_cast<vfu*>(p) = x; }
 inline vf splat(float s) { return s - vf{}; }
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// e^x / 2^n for x = n ln2 + r (n integral, |r| <= ln2 / 2); T is float or vf. One FMA takes r
+// e^x / 2^n for x = n ln2 + r (n integral, |r| <= ln2 / 2), T float or vf (exp_reduced): one FMA takes r
 // with ln2 rounded to a float (off by 1.9e-9, so r by |n| * 1.9e-9 <= 2.4e-7 for the largest
 // |x|, ~2e-8 for |x| < 10), then a degree-5 polynomial fitted to e^r over |r| <= ln2 / 2 for the
 // least largest relative error, its constant term 1 (1.5e-7 with float rounding; the degree-6
 // Taylor polynomial it replaced, with one more step, had 2e-7): 6 FMAs in all.
-template <typename T>
-inline T exp_reduced(T x, T n) {
-  const T r = x - n * 0.693147182f;
-  T p = T{} + 0.008290388f;
-  p = p * r + 0.041898224f;
-  p = p * r + 0.16667643f;
-  p = p * r + 0.49999148f;
-  p = p * r + 0.99999970f;
-  return p * r + 1.0f;
+constexpr float LN2 = 0.693147182f;
+constexpr float EXP_POLY[6] = {0.008290388f, 0.041898224f, 0.16667643f,
+                               0.49999148f,  0.99999970f,  1.0f};  // of r^5 .. r^0
+
+// e^(S r), S = 1 or -1, by EXP_POLY in Horner's order (T: float or vf). S = -1 flips the odd
+// powers' signs, which negates every other partial result exactly: e^-r gets the bits that
+// e^r of -r would, without the negation.
+template <int S, typename T>
+inline T exp_poly(T r) {
+  T p = T{} + S * EXP_POLY[0];
+  p = p * r + EXP_POLY[1];
+  p = p * r + S * EXP_POLY[2];
+  p = p * r + EXP_POLY[3];
+  p = p * r + S * EXP_POLY[4];
+  return p * r + EXP_POLY[5];
 }
+
+template <typename T>
+inline T exp_reduced(T x, T n) { return exp_poly<1>(x - n * LN2); }
 
 constexpr float ROUNDING_SHIFT = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
 
@@ -66,24 +75,24 @@ inline vf clamp(vf x, vf lo, vf hi) {
 #endif
 }
 
-// exp_approx on a vector, the same operations in the same order; the product by 2^n is one
-// vscalefps with AVX-512 (exact, as the multiplication by the power of two built from bits)
-inline vf exp_approx(vf x) {
-  x = clamp(x, splat(-87.0f), splat(88.0f));
+// 1 / (1 + e^-x) lane-wise, e^-x computed as exp_approx(-x) would (the same bits) from t = the
+// clamped x, with the negation folded into the steps: n = round(-t / ln2), r = t + n ln2 is
+// minus exp_approx's r, and exp_poly<-1>(r) = e^-r. 2^n is one vscalefps with AVX-512 (exact,
+// as the product by the power of two built from bits elsewhere); 1 / d is the hardware's
+// estimate and one Newton step (relative error ~1e-7), a vector division being the slowest
+// instruction of SiLU.
+inline vf sigmoid(vf x) {
+  const vf t = clamp(x, splat(-88.0f), splat(87.0f));
   const vf shift = splat(ROUNDING_SHIFT);
-  const vf n = (x * 1.44269504088896341f + shift) - shift;
+  const vf n = (t * -1.44269504088896341f + shift) - shift;
+  const vf p = exp_poly<-1>(t + n * LN2);
 #if defined(__AVX512F__)
-  return reinterpret_cast<vf>(_mm512_scalef_ps(reinterpret_cast<__m512>(exp_reduced(x, n)),
-                                               reinterpret_cast<__m512>(n)));
+  const vf d = 1.0f + reinterpret_cast<vf>(_mm512_scalef_ps(reinterpret_cast<__m512>(p),
+                                                             reinterpret_cast<__m512>(n)));
 #else
   const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
-  return exp_reduced(x, n) * reinterpret_cast<vf>(bits);
+  const vf d = 1.0f + p * reinterpret_cast<vf>(bits);
 #endif
-}
-
-// 1 / d from the hardware's estimate and one Newton step (relative error ~1e-7): a vector
-// division is the slowest instruction of SiLU and its gradient
-inline vf reciprocal(vf d) {
 #if defined(__AVX512F__)
   const vf r = reinterpret_cast<vf>(_mm512_rcp14_ps(reinterpret_cast<__m512>(d)));
   return r * (2.0f - d * r);
@@ -94,5 +103,3 @@ inline vf reciprocal(vf d) {
   return 1.0f / d;
 #endif
 }
-
-inline vf sigmoid(vf x) { return reciprocal(1.0f + exp_approx(-x)); }
