@@ -22,11 +22,11 @@ inline void store(float* p, vf x) { *reinterpret_cast<vfu*>(p) = x; }
 inline vf splat(float s) { return s - vf{}; }
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// e^x / 2^n for x = n ln2 + r (n integral, |r| <= ln2 / 2), T float or vf (exp_reduced): one FMA takes r
-// with ln2 rounded to a float (off by 1.9e-9, so r by |n| * 1.9e-9 <= 2.4e-7 for the largest
-// |x|, ~2e-8 for |x| < 10), then a degree-5 polynomial fitted to e^r over |r| <= ln2 / 2 for the
-// least largest relative error, its constant term 1 (1.5e-7 with float rounding; the degree-6
-// Taylor polynomial it replaced, with one more step, had 2e-7): 6 FMAs in all.
+// e^x / 2^n for x = n ln2 + r (n integral, |r| <= ln2 / 2), T float or vf (exp_reduced): one
+// FMA takes r with ln2 rounded to a float (off by 1.9e-9, so r by |n| * 1.9e-9 <= 2.4e-7 for the
+// largest |x|, ~2e-8 for |x| < 10), then EXP_POLY, a degree-5 polynomial fitted to e^r over
+// |r| <= ln2 / 2 for the least largest relative error, its constant term 1 (1.5e-7 with float
+// rounding; the degree-6 Taylor polynomial it replaced, with one more step, had 2e-7).
 constexpr float LN2 = 0.693147182f;
 constexpr float EXP_POLY[6] = {0.008290388f, 0.041898224f, 0.16667643f,
                                0.49999148f,  0.99999970f,  1.0f};  // of r^5 .. r^0
