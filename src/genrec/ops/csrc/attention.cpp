@@ -161,11 +161,11 @@ void product_nt(const float* A, int64_t lda, const float* Bt, int64_t ldb, int64
   }
 }
 
-// out[r][v] = scale * sum_{k < K} P[r][k] * B[k][v], NV vectors of each output row. k = 0 sets
-// the accumulators (as dense::tile's), so that they are not a zeroed array in memory.
+// out[r][v] = (sum_{k < K} P[r][k] * B[k][v]) * scale * then, NV vectors of each output row.
+// k = 0 sets the accumulators (as dense::tile's), so that they are not a zeroed array in memory.
 template <int NV>
 void product_nn_part(const float* P, int64_t ldp, int64_t K, const float* B, int64_t ldb,
-                     float* out, int64_t ldo, float scale) {
+                     float* out, int64_t ldo, float scale, float then) {
   vf acc[MR][NV];
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = K > 0 ? splat(P[r * ldp]) * load(B + v * VL) : vf{};
@@ -178,15 +178,15 @@ void product_nn_part(const float* P, int64_t ldp, int64_t K, const float* B, int
     }
   }
   for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) store(out + r * ldo + v * VL, acc[r][v] * scale);
+    for (int v = 0; v < NV; ++v) store(out + r * ldo + v * VL, acc[r][v] * scale * then);
 }
 
 void product_nn(const float* P, int64_t ldp, int64_t K, const float* B, int64_t ldb,
-                int64_t width, float* out, int64_t ldo, float scale) {
+                int64_t width, float* out, int64_t ldo, float scale, float then = 1.0f) {
   for (int64_t c = 0; c < width; c += NVMAX * VL) {
     switch (std::min<int64_t>(NVMAX, (width - c) / VL)) {
-      case 1: product_nn_part<1>(P, ldp, K, B + c, ldb, out + c, ldo, scale); break;
-      case 2: product_nn_part<2>(P, ldp, K, B + c, ldb, out + c, ldo, scale); break;
+      case 1: product_nn_part<1>(P, ldp, K, B + c, ldb, out + c, ldo, scale, then); break;
+      case 2: product_nn_part<2>(P, ldp, K, B + c, ldb, out + c, ldo, scale, then); break;
       default: break;
     }
   }
@@ -314,7 +314,8 @@ void copy_transposed(const float* src, int64_t stride, int64_t n, int64_t d, flo
 //
 // forward_row(b, i, n, end, width, cand, pair, row, saved): row [width) holds q_i . k_j on
 //   entry and the weights on exit (zero where not allowed, and past end up to width, a multiple
-//   of VL); saved (or null) receives the row's saved values.
+//   of VL; the output rows P V are then multiplied by output_scale()); saved (or null) receives
+//   the row's saved values.
 // backward_row(b, i, n, end, width, cand, pair, saved, prow, drow, partial): prow [width) holds
 //   dP on entry and the weights on exit, drow receives dS (both zero where not allowed and past
 //   end); `saved` is the forward's saved row, or q_i . k_j again for a policy that recomputes.
@@ -342,6 +343,9 @@ struct Hstu {
   static constexpr bool recompute = true;
 
   int64_t partial_size() const { return pos_part + time_part; }
+  // the forward's weights are SiLU(logits), and 1 / N multiplies each output row instead (one
+  // multiplication per output value, not per pair)
+  float output_scale() const { return inv_n; }
 
   // where row i's bias comes from: pos[base + j] (clamped unless `direct`), time[bk[j]]
   struct Bias {
@@ -383,7 +387,7 @@ struct Hstu {
     return padded ? lut(bk) : gather(time, bk);
   }
 
-  // row [width): q . k on entry, SiLU(logits) / N before end and 0 from end on exit. Inlined
+  // row [width): q . k on entry, SiLU(logits) before end and 0 from end on exit. Inlined
   // into the callers' row loops, which then keep its constants in registers across rows (as a
   // call it set them up again for every row of ~6 vectors: 4 % of a layer).
   __attribute__((always_inline)) void weights(const Bias& bias, const float* times, int64_t end,
@@ -391,7 +395,7 @@ struct Hstu {
     auto each = [&](const Lookup& lut) {
       for (int64_t j0 = 0; j0 < width; j0 += VL) {
         const vf s = logits(bias, j0, load(row + j0), times, lut);
-        const vf y = s * sigmoid(s) * inv_n;
+        const vf y = s * sigmoid(s);
         store(row + j0, j0 + VL <= end ? y : lanes_before(j0, end) ? y : vf{});
       }
     };
@@ -489,6 +493,7 @@ struct Softmax {
   static constexpr bool recompute = false;  // the backward reads the saved p
 
   int64_t partial_size() const { return 0; }
+  float output_scale() const { return 1.0f; }
 
   // p~ = p * keep_scale where the pair is kept, 0 where dropped; out may be p (each element is
   // read before it is written, so the pointers are not restrict)
@@ -620,7 +625,8 @@ void forward_heads(const Problem& p, const Policy& policy, int64_t b, int64_t h0
                            row, saved == nullptr ? nullptr : saved + pairs + i * n,
                            group > 1 ? bias + r * cols : nullptr);
       }
-      product_nn(s, cols, block_end, vs + g * v_head, ldv, wv, acc, wv, scale);
+      product_nn(s, cols, block_end, vs + g * v_head, ldv, wv, acc, wv, policy.output_scale(),
+                 scale);
       for (int r = 0; r < MR && i0 + r < n; ++r)
         copy_floats(out + (i0 + r) * out_stride + h * dv, acc + r * wv, dv);
     }
@@ -834,8 +840,7 @@ inline void last_row_attention(const Hstu& policy, int64_t heads, int64_t dqk, i
       const float* vj = v + j * v_stride + h * dv;
       for (int64_t c = 0; c < dv; ++c) oh[c] += row[j] * vj[c];
     }
-    if (scale != 1.0f)
-      for (int64_t c = 0; c < dv; ++c) oh[c] *= scale;
+    for (int64_t c = 0; c < dv; ++c) oh[c] = oh[c] * policy.output_scale() * scale;
   }
 }
 
