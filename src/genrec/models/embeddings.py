@@ -23,6 +23,7 @@ from torch import nn
 
 from genrec.config import ModelConfig
 from genrec.ops.dropout import Dropout
+from genrec.ops.embedding import input_embedding
 
 L2_EPS = 1e-6
 ITEM_INIT_STD = 0.02
@@ -95,9 +96,10 @@ class InputEmbedding(nn.Module):
                 "or raise model.max_seq_len"
             )
         positions = jagged_positions(seq_offsets, item_ids.shape[0], num_candidates)
-        x = self.item_table(item_ids) * math.sqrt(self.embedding_dim)
-        x = self.dropout(x + self.position_table(positions))
-        return x * (item_ids != 0).unsqueeze(-1).to(x.dtype)
+        # dropout(x) is 0 wherever x is: zeroing the padding rows before it changes nothing
+        return self.dropout(input_embedding(item_ids, positions, self.item_table.weight,
+                                            self.position_table.weight,
+                                            math.sqrt(self.embedding_dim)))
 
     def item_embeddings(self, ids: torch.Tensor | None = None) -> torch.Tensor:
         """L2-normalised item vectors: [..., d] for `ids`, or [num_items + 1, d] for all."""

@@ -3,6 +3,7 @@
 //
 //   project  out[t] = SiLU( LayerNorm(x[t]) W^T )                    W [N, K]
 //   output   out[t] = res[t] + ( LayerNorm(a[t]) * u[t] ) W^T + bias    W [N, K]
+//   input    out[t] = items[ids[t]] * scale + positions[pos[t]], 0 where ids[t] == 0
 //
 // LayerNorm has no affine parameters (HSTU's). Unfused, each step is a pass over [T, N]
 // floats in memory (T ~ 13k tokens of an evaluation batch, N = 200 for HSTU-large's U, V, Q,
@@ -84,6 +85,37 @@ void genrec_dense_output_f32(const float* a, int64_t lda, const float* u, int64_
   if (bias != nullptr) std::copy(bias, bias + N, bias_padded.begin());
   blocks(T, K, wt.data(), npad, threads,
          dense::Output{a, lda, u, ldu, K, eps, bias_padded.data(), res, ldr, out, ldo, N});
+}
+
+// out [T, d] = items[ids[t]] * scale + positions[pos[t]] (rows of d floats), zero rows where
+// ids[t] == 0 (padding): a model's input embedding in one pass instead of five. Returns -1,
+// or the first t whose id is outside [0, num_items) or position outside [0, num_positions)
+// (nothing is read from the tables for it; the caller raises).
+int64_t genrec_input_embedding_f32(const int64_t* ids, const int64_t* pos, int64_t T,
+                                   const float* items, int64_t num_items,
+                                   const float* positions, int64_t num_positions, int64_t d,
+                                   float scale, float* out, int threads) {
+  int64_t bad = T;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(min : bad)
+#endif
+  for (int64_t t = 0; t < T; ++t) {
+    float* row = out + t * d;
+    const int64_t id = ids[t], p = pos[t];
+    if (id < 0 || id >= num_items || p < 0 || p >= num_positions) {
+      bad = std::min(bad, t);
+      continue;
+    }
+    if (id == 0) {
+      std::fill(row, row + d, 0.0f);
+      continue;
+    }
+    const float* item = items + id * d;
+    const float* position = positions + p * d;
+#pragma omp simd
+    for (int64_t c = 0; c < d; ++c) row[c] = item[c] * scale + position[c];
+  }
+  return bad == T ? -1 : bad;
 }
 
 }  // extern "C"
