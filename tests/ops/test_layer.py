@@ -191,6 +191,25 @@ def test_bad_attention_inputs_and_scale_are_named(native_only):
             call(dataclasses.replace(case, seq_offsets=torch.tensor([0, 4, 9, 14])), w)
 
 
+def test_batch_checks_rerun_when_the_batch_or_sizes_change(native_only):
+    """The attention's checks run once per batch; another size or table, a new batch or an
+    in-place change of the batch's tensors is checked again."""
+    case = make_case([4, 5, 6], heads=2, dqk=8, dv=8)
+    w = make_weights(15, 13, 2, 8, 8)
+    with torch.no_grad():
+        call(case, w)  # checked and remembered
+        with pytest.raises(ValueError, match="the longest sequence has 6 tokens"):
+            hstu_layer(w.x, w.w1, w.w2, w.b2, case.seq_offsets, 5, num_heads=2,
+                       attention_dim=8, linear_dim=8, pos_weights=torch.zeros(9), eps=EPS)
+        with pytest.raises(ValueError, match="pos_weights must be"):
+            call(case, w, pos_weights=torch.zeros(7))
+        offsets = case.seq_offsets.clone()
+        call(dataclasses.replace(case, seq_offsets=offsets), w)
+        offsets[1], offsets[2] = 9, 8  # lengths 9, -1, 7
+        with pytest.raises(ValueError, match="non-decreasing"):
+            call(dataclasses.replace(case, seq_offsets=offsets), w)
+
+
 # -- the last layer, for each sequence's last token -------------------------------------------
 
 def call_last(case, w: Weights, seq_scale=None) -> torch.Tensor:

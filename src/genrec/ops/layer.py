@@ -30,6 +30,7 @@ import torch
 from genrec.ops.attention import hstu_attention, hstu_attention_last
 from genrec.ops.attention import native as native_attention
 from genrec.ops.attention import pick_backend as attention_backend
+from genrec.ops.attention.memo import last_batch
 from genrec.ops.attention.reference import hstu_attention_reference
 from genrec.ops.attention.validation import validate
 from genrec.ops.dense import (
@@ -262,13 +263,31 @@ def _check_inputs(op, x, uvqk_weight, output_weight, output_bias, seq_offsets, m
     if output_bias is not None and output_bias.shape != (d,):
         raise ValueError(f"{op}: output_bias must be [d] = [{d}], "
                          f"got {tuple(output_bias.shape)}")
-    stand_in = x.new_zeros(1)
-    q_like = stand_in.as_strided((tokens, heads, dqk), (0, 0, 0))
-    v_like = stand_in.as_strided((tokens, heads, dv), (0, 0, 0))
-    validate(q_like, q_like, v_like, seq_offsets, max_seq_len, pos_weights, time_weights,
-             timestamps, query_timestamps, num_candidates)
+    # every layer of a model checks the same batch: the attention's checks run once for these
+    # tensors and these sizes (the tables' too: each layer has its own, of one size and type)
+    tables = tuple(None if t is None else (t.dim(), t.numel(), t.dtype, t.device)
+                   for t in (pos_weights, time_weights))
+    last_batch(_checked, (seq_offsets, timestamps, query_timestamps, num_candidates),
+               (tokens, heads, dqk, dv, max_seq_len, x.dtype, x.device, tables),
+               lambda: _check_attention_inputs(x, heads, dqk, dv, seq_offsets, max_seq_len,
+                                               pos_weights, time_weights, timestamps,
+                                               query_timestamps, num_candidates))
     batch = seq_offsets.numel() - 1
     if seq_scale is not None and seq_scale.shape != (batch,):
         raise ValueError(f"{op}: seq_scale must be [B] = [{batch}], "
                          f"got {tuple(seq_scale.shape)}")
     return batch
+
+
+_checked: list = [None]
+
+
+def _check_attention_inputs(x, heads, dqk, dv, seq_offsets, max_seq_len, pos_weights,
+                            time_weights, timestamps, query_timestamps, num_candidates) -> bool:
+    """``validate`` on zero-stride stand-ins of Q, K, V's shapes."""
+    stand_in = x.new_zeros(1)
+    q_like = stand_in.as_strided((x.shape[0], heads, dqk), (0, 0, 0))
+    v_like = stand_in.as_strided((x.shape[0], heads, dv), (0, 0, 0))
+    validate(q_like, q_like, v_like, seq_offsets, max_seq_len, pos_weights, time_weights,
+             timestamps, query_timestamps, num_candidates)
+    return True

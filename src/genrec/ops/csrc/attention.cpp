@@ -819,28 +819,46 @@ inline void last_row_buckets(const int64_t* ts, int64_t qt, int64_t n, const int
 // out [H, dv] = scale * the attention of a sequence's last row (query q [H, dqk]) over its n
 // keys and values (rows from the sequence's first token at the given strides); bk: the row's
 // time buckets (zero from n up to whole vectors), row: scratch of round_up(n, VL) floats.
+// q . k_j for VL keys at a time: each key's products over dqk in vectors, then the VL vectors
+// added across their lanes together (dense::lane_sums); the weighted sum of the values in
+// vectors of dv, two accumulators over alternate keys (each FMA waits on the previous one's
+// result otherwise).
 inline void last_row_attention(const Hstu& policy, int64_t heads, int64_t dqk, int64_t dv,
                                const float* q, const float* k, int64_t k_stride, const float* v,
                                int64_t v_stride, int64_t n, const uint8_t* bk, float scale,
                                float* row, float* out) {
-  const int64_t width = round_up(n, VL);
+  const int64_t width = round_up(n, VL), qfull = dqk / VL * VL;
   for (int64_t h = 0; h < heads; ++h) {
     const float* qh = q + h * dqk;
-    for (int64_t j = 0; j < n; ++j) {
-      const float* kj = k + j * k_stride + h * dqk;
-      float dot = 0.0f;
-      for (int64_t c = 0; c < dqk; ++c) dot += qh[c] * kj[c];
-      row[j] = dot;
+    for (int64_t j0 = 0; j0 < n; j0 += VL) {
+      vf part[VL];
+      for (int l = 0; l < VL; ++l) {
+        vf sum{};
+        if (j0 + l < n) {
+          const float* kj = k + (j0 + l) * k_stride + h * dqk;
+          for (int64_t c = 0; c < qfull; c += VL) sum += load(qh + c) * load(kj + c);
+          if (qfull < dqk)
+            sum += dense::load_part(qh + qfull, dqk - qfull) *
+                   dense::load_part(kj + qfull, dqk - qfull);
+        }
+        part[l] = sum;
+      }
+      store(row + j0, dense::lane_sums(part));  // zero past n
     }
-    zero_floats(row + n, width - n);
     policy.weights(policy.bias_at(n - 1, width, bk), nullptr, n, width, row);
-    float* oh = out + h * dv;
-    zero_floats(oh, dv);
-    for (int64_t j = 0; j < n; ++j) {
-      const float* vj = v + j * v_stride + h * dv;
-      for (int64_t c = 0; c < dv; ++c) oh[c] += row[j] * vj[c];
+    for (int64_t c = 0; c < dv; c += VL) {
+      const int64_t count = std::min<int64_t>(VL, dv - c);
+      const float* vc = v + h * dv + c;
+      vf even{}, odd{};
+      int64_t j = 0;
+      for (; j + 1 < n; j += 2) {
+        even += row[j] * dense::load_part(vc + j * v_stride, count);
+        odd += row[j + 1] * dense::load_part(vc + (j + 1) * v_stride, count);
+      }
+      if (j < n) even += row[j] * dense::load_part(vc + j * v_stride, count);
+      const vf sum = (even + odd) * policy.output_scale() * scale;  // the composed path's order
+      dense::store_part(out + h * dv + c, sum, count);
     }
-    for (int64_t c = 0; c < dv; ++c) oh[c] = oh[c] * policy.output_scale() * scale;
   }
 }
 
