@@ -19,8 +19,11 @@ from genrec.ops.dense import (
 )
 
 EPS = 1e-6
-# (tokens, input width, output width): one row; partial tiles, blocks and vectors; HSTU-large
-SHAPES = [(1, 1, 1), (5, 7, 3), (67, 50, 200), (130, 25, 17), (300, 64, 48)]
+# (tokens, input width, output width): one row; partial tiles, blocks and vectors; HSTU-large;
+# outputs ending in a half vector of 8 columns (56), whole vectors (48) and a partial whole
+# vector (60, 12 columns past 48: more than half a 16-lane vector)
+SHAPES = [(1, 1, 1), (5, 7, 3), (67, 50, 200), (130, 25, 17), (300, 64, 48), (40, 50, 56),
+          (33, 30, 60), (70, 50, 50)]
 
 
 @pytest.fixture(autouse=True)

@@ -246,11 +246,50 @@ __attribute__((noinline)) void tile(const float* A, int64_t lda, const float* Wt
     for (int v = 0; v < NV; ++v) emit(r, c + v * VL, acc[r][v]);
 }
 
-// Every tile of A [rows, K] (rows a multiple of R) times Wt, column chunks of <= NVMAX vectors.
+#if defined(__AVX512F__)
+// A product's last columns, when no more than HALF of them are left after its whole vectors,
+// are taken in half vectors: 8 lanes cost half a 16-lane FMA on cores that split 512-bit
+// operations in two (Zen 4) and no more than one elsewhere, where a whole vector would spend
+// its upper lanes on zero columns (HSTU's output step: 50 columns = 3 vectors and 2 columns).
+constexpr int HALF = VL / 2;
+typedef float vh __attribute__((vector_size(HALF * 4)));
+typedef float vhu __attribute__((vector_size(HALF * 4), aligned(4)));
+
+// tile<1>'s product over Wt's columns [c, c + HALF) in half vectors, each row's handed to emit
+// as a whole vector whose lanes from HALF on are zero (the bits of tile<1>'s lanes)
+template <typename Emit>
+__attribute__((noinline)) void tile_half(const float* A, int64_t lda, const float* Wt,
+                                         int64_t npad, int64_t K, int64_t c, const Emit& emit) {
+  vh acc[R];
+  for (int64_t k = 0; k < K; ++k) {
+    vh w = *reinterpret_cast<const vhu*>(Wt + k * npad + c);
+    asm("" : "+v"(w));
+    if (k == 0) {
+      for (int r = 0; r < R; ++r) acc[r] = (A[r * lda] - vh{}) * w;
+      continue;
+    }
+    for (int r = 0; r < R; ++r) acc[r] += (A[r * lda + k] - vh{}) * w;
+  }
+  for (int r = 0; r < R; ++r)
+    emit(r, c, reinterpret_cast<vf>(_mm512_zextps256_ps512(reinterpret_cast<__m256>(acc[r]))));
+}
+#else
+constexpr int HALF = 0;  // whole vectors only
+template <typename Emit>
+void tile_half(const float*, int64_t, const float*, int64_t, int64_t, int64_t, const Emit&) {}
+#endif
+
+// Every tile of A [rows, K] (rows a multiple of R) times Wt's columns [0, ncols) (ncols <= npad,
+// npad a multiple of VL, Wt zero in columns [ncols, npad); ncols = npad by default): whole
+// vectors in chunks of <= NVMAX, and the last <= HALF columns in half vectors. emit(r, column,
+// vector) gets whole vectors, their lanes past ncols zero.
 template <typename Emit>
 void product(const float* A, int64_t lda, int64_t rows, const float* Wt, int64_t npad,
-             int64_t K, const Emit& emit) {
-  const int64_t vectors = npad / VL;
+             int64_t K, const Emit& emit, int64_t ncols = -1) {
+  if (ncols < 0) ncols = npad;
+  const int64_t rest = ncols % VL;
+  const bool half = rest > 0 && rest <= HALF;
+  const int64_t vectors = ncols / VL + (rest > 0 && !half);
   const int64_t chunks = (vectors + NVMAX - 1) / NVMAX;
   int64_t c = 0;
   for (int64_t chunk = 0; chunk < chunks; ++chunk) {
@@ -267,6 +306,10 @@ void product(const float* A, int64_t lda, int64_t rows, const float* Wt, int64_t
     }
     c += nv * VL;
   }
+  if (half)
+    for (int64_t r0 = 0; r0 < rows; r0 += R)
+      tile_half(A + r0 * lda, lda, Wt, npad, K, c,
+                [&](int r, int64_t col, vf x) { emit(r0 + r, col, x); });
 }
 
 // Rows [t0, t0 + rows) (rows <= BLOCK) of a step (Project, Output) through `scratch` [BLOCK,
@@ -279,9 +322,12 @@ void block(int64_t t0, int64_t rows, int64_t K, const float* Wt, int64_t npad, f
   step.prepare(t0, rows, scratch);
   const int64_t padded = round_up(rows, R);
   std::fill(scratch + rows * K, scratch + padded * K, 0.0f);
-  product(scratch, K, padded, Wt, npad, K, [&](int64_t r, int64_t col, vf x) {
-    if (r < rows) step.emit(t0 + r, col, x);
-  });
+  product(
+      scratch, K, padded, Wt, npad, K,
+      [&](int64_t r, int64_t col, vf x) {
+        if (r < rows) step.emit(t0 + r, col, x);
+      },
+      step.N);
 }
 
 // The project step's row preparation and epilogue: out[t] = SiLU(LayerNorm(x[t]) W^T) into
