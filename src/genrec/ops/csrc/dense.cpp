@@ -16,7 +16,8 @@
 // The product: W^T is packed once per call into [K, Npad] (Npad = N rounded up to whole
 // vectors, zeros past N). A tile is R rows by NV vectors of columns; per k it broadcasts
 // the rows' k-th entries and does R * NV FMAs. The columns are split into chunks of at most
-// NVMAX vectors, as even as possible.
+// NVMAX vectors, as even as possible; with AVX-512, a last part of at most 8 columns takes
+// half vectors (dense::tile_half).
 //
 // The exp in SiLU is vectors.h's range-reduced degree-5 polynomial (relative error ~2e-7).
 // Row blocks are split statically over the threads, and every result is computed by the same
