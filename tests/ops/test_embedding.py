@@ -73,3 +73,39 @@ def test_with_gradients_it_is_the_reference():
     want.square().sum().backward()
     assert torch.equal(got, want)
     assert torch.equal(grads[0], items.grad) and torch.equal(grads[1], table.grad)
+
+
+def test_padding_token_with_a_bad_position_is_still_an_error():
+    ids, positions, items, table = _case(10, 4, seed=4)
+    ids[3], positions[3] = 0, 11
+    with torch.no_grad(), pytest.raises(IndexError, match="token 3"):
+        input_embedding(ids, positions, items, table, 1.0)
+    with pytest.raises(IndexError):  # the reference too
+        input_embedding_reference(ids, positions, items, table, 1.0)
+
+
+def test_no_tokens_and_strided_ids():
+    ids, positions, items, table = _case(40, 6, seed=5)
+    with torch.no_grad():
+        empty = input_embedding(ids[:0], positions[:0], items, table, 2.0)
+        strided = input_embedding(ids[::2], positions[::2], items, table, 2.0)
+    assert empty.shape == (0, 6)
+    want = input_embedding_reference(ids[::2], positions[::2], items.double(), table.double(),
+                                      2.0)
+    assert float((strided.double() - want).norm() / want.norm()) < 1e-6
+
+
+def test_int32_ids_take_the_reference():
+    ids, positions, items, table = _case(30, 5, seed=6)
+    with torch.no_grad():
+        got = input_embedding(ids.int(), positions.int(), items, table, 1.5)
+    assert torch.equal(got, input_embedding_reference(ids.int(), positions.int(), items, table,
+                                                      1.5))
+
+
+def test_padding_rows_get_no_gradient_even_a_nan_one():
+    ids, positions, items, table = _case(20, 3, seed=7)
+    items.requires_grad_(True)
+    out = input_embedding(ids, positions, items, table, 2.0)
+    (out * float("nan")).sum().backward()
+    assert torch.equal(items.grad[0], torch.zeros(3))

@@ -210,6 +210,25 @@ def test_batch_checks_rerun_when_the_batch_or_sizes_change(native_only):
             call(dataclasses.replace(case, seq_offsets=offsets), w)
 
 
+def test_batch_tensors_with_new_storage_are_checked_again(native_only):
+    """A batch tensor whose storage is swapped (``set_``, ``.data =``) is not the batch that was
+    checked, even as the same object with the same version (inference tensors have none)."""
+    case = make_case([4, 5, 6], heads=2, dqk=8, dv=8)
+    w = make_weights(15, 13, 2, 8, 8)
+    with torch.inference_mode():
+        ts = case.timestamps.clone()
+        call(case, w, timestamps=ts)
+        ts.set_(torch.zeros(1, dtype=torch.long))
+        with pytest.raises(ValueError, match="timestamps must be a 1-D tensor of 15 entries"):
+            call(case, w, timestamps=ts)
+    with torch.no_grad():
+        qts = case.query_timestamps.clone()
+        call(case, w, query_timestamps=qts)
+        qts.data = torch.zeros(3, dtype=torch.long)
+        with pytest.raises(ValueError, match="query_timestamps must be a 1-D tensor"):
+            call(case, w, query_timestamps=qts)
+
+
 # -- the last layer, for each sequence's last token -------------------------------------------
 
 def call_last(case, w: Weights, seq_scale=None) -> torch.Tensor:
@@ -265,6 +284,20 @@ def test_native_layers_are_the_composed_fast_paths_bit_for_bit(last, monkeypatch
     assert torch.equal(fused, composed)
     if last:  # the last tokens' rows of the whole layer (computed in a different order)
         assert relative_error(fused, whole[case.seq_offsets[1:] - 1]) < 1e-6
+
+
+def test_last_layer_reads_the_offsets_it_indexes_by_now(monkeypatch):
+    """The last layer indexes each sequence's last token by seq_offsets: they are checked on
+    every call, also when an inference tensor changed in place since the batch was checked."""
+    monkeypatch.setattr(layer_module, "SEQUENCES_PER_THREAD", 0)
+    case = make_case([4, 5, 6], heads=2, dqk=8, dv=8)
+    w = make_weights(15, 13, 2, 8, 8)
+    with torch.inference_mode():
+        offsets = case.seq_offsets.clone()
+        call_last(dataclasses.replace(case, seq_offsets=offsets), w)
+        offsets[3] = 40  # same storage and shape; no version to tell
+        with pytest.raises(ValueError, match="end at T = 15, got 0 … 40"):
+            call_last(dataclasses.replace(case, seq_offsets=offsets), w)
 
 
 def test_last_layer_needs_a_last_token(monkeypatch):

@@ -25,7 +25,9 @@ def input_embedding_reference(item_ids: torch.Tensor, positions: torch.Tensor,
                               item_table: torch.Tensor, position_table: torch.Tensor,
                               scale: float) -> torch.Tensor:
     """[T, d] = item_table[item_ids] · scale + position_table[positions], 0 where id is 0."""
-    x = F.embedding(item_ids, item_table) * scale + F.embedding(positions, position_table)
+    # padding_idx: row 0 gets no gradient (nn.Embedding's rule), not even a NaN one
+    items = F.embedding(item_ids, item_table, padding_idx=0)
+    x = items * scale + F.embedding(positions, position_table)
     return x * (item_ids != 0).unsqueeze(-1).to(x.dtype)
 
 

@@ -32,7 +32,7 @@ from genrec.ops.attention import native as native_attention
 from genrec.ops.attention import pick_backend as attention_backend
 from genrec.ops.attention.memo import last_batch
 from genrec.ops.attention.reference import hstu_attention_reference
-from genrec.ops.attention.validation import validate
+from genrec.ops.attention.validation import last_token_offsets, validate
 from genrec.ops.dense import (
     layer_norm_gate_linear,
     layer_norm_gate_linear_reference,
@@ -187,6 +187,8 @@ def hstu_layer_last(x: torch.Tensor, uvqk_weight: torch.Tensor, output_weight: t
     _check_sizes("hstu_layer_last", num_heads, attention_dim, linear_dim)
     heads, dqk, dv = num_heads, attention_dim, linear_dim
     hv, hqk = heads * dv, heads * dqk
+    # checked on every call (not remembered with the batch): the last tokens are read by them
+    seq_offsets = last_token_offsets("hstu_layer_last", seq_offsets, x.shape[0])
     last = seq_offsets[1:] - 1
     w_u, w_v, w_q, w_k = torch.split(uvqk_weight, [hv, hv, hqk, hqk])
     uq = layer_norm_linear_silu(x[last], torch.cat([w_u, w_q]), eps)  # [B, H·dv + H·dqk]
@@ -214,10 +216,7 @@ def _native_last(x, uq, w_vk, output_weight, output_bias, seq_offsets, max_seq_l
     batch = _check_inputs("hstu_layer_last", x, None, output_weight, output_bias, seq_offsets,
                           max_seq_len, heads, dqk, dv, pos_weights, time_weights, timestamps,
                           query_timestamps, None, seq_scale)
-    offsets = seq_offsets.long().contiguous()
-    if batch and int((offsets[1:] - offsets[:-1]).min()) < 1:
-        raise ValueError("hstu_layer_last: every sequence needs a last token: seq_offsets "
-                         "has an empty sequence")
+    offsets = seq_offsets  # int64, contiguous, checked by hstu_layer_last
     x, uq, w_vk, w2 = x.contiguous(), uq.contiguous(), w_vk.contiguous(), output_weight.contiguous()
     b2 = None if output_bias is None else output_bias.contiguous()
     pos = None if pos_weights is None else pos_weights.contiguous()

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from genrec.ops.attention import native
 from genrec.ops.attention.reference import time_buckets
-from genrec.ops.attention.validation import _fail, validate
+from genrec.ops.attention.validation import _fail, last_token_offsets, validate
 from genrec.ops.jagged import padded_index
 
 
@@ -56,9 +56,8 @@ def hstu_attention_last(
     if q_last.dtype != k.dtype or q_last.device != k.device:
         _fail(f"q_last must match k's dtype and device ({k.dtype}, {k.device}), got "
               f"{q_last.dtype}, {q_last.device}")
+    seq_offsets = last_token_offsets("hstu_attention", seq_offsets, k.shape[0])
     lengths = seq_offsets[1:] - seq_offsets[:-1]  # [B]
-    if batch and int(lengths.min()) < 1:
-        _fail("every sequence needs a last token: seq_offsets has an empty sequence")
     tensors = [t for t in (q_last, k, v, pos_weights, time_weights) if t is not None]
     if native.usable(q_last, k, v, pos_weights, time_weights) and not (
             torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):

@@ -98,7 +98,9 @@ class Layout:
 
 def _layout(seq_offsets, num_candidates, timestamps, query_timestamps, *, causal: bool,
             num_buckets: int) -> Layout:
-    offsets = seq_offsets.long().contiguous()
+    # its own copy: a layout remembered for a batch stays consistent with its buckets whatever
+    # later happens to the caller's tensor (memo.py)
+    offsets = seq_offsets.to(torch.int64, copy=True).contiguous()
     lengths = offsets[1:] - offsets[:-1]
     squares = torch.zeros_like(offsets)
     torch.cumsum(lengths * lengths, 0, out=squares[1:])

@@ -103,3 +103,20 @@ def validate(q, k, v, seq_offsets, max_seq_len, pos_weights, time_weights, times
               f"the position table (2·max_seq_len − 1 entries) cannot index it; raise "
               f"max_seq_len or truncate the sequences")
     return longest
+
+
+def last_token_offsets(op: str, seq_offsets: torch.Tensor, tokens: int) -> torch.Tensor:
+    """seq_offsets as a contiguous int64 tensor, checked now rather than remembered (the
+    last-token ops index each sequence's last token by it): it starts at 0, ends at `tokens`,
+    and every sequence has a token. One read back to the host."""
+    offsets = seq_offsets.long().contiguous()
+    if offsets.numel() > 1:
+        first, last, shortest = torch.stack(
+            [offsets[0], offsets[-1], (offsets[1:] - offsets[:-1]).min()]).tolist()
+        if shortest < 1:
+            raise ValueError(f"{op}: every sequence needs a last token: seq_offsets has an "
+                             "empty sequence")
+        if first != 0 or last != tokens:
+            raise ValueError(f"{op}: seq_offsets must start at 0 and end at T = {tokens}, got "
+                             f"{first} … {last}")
+    return offsets

@@ -256,7 +256,7 @@ typedef float vh __attribute__((vector_size(HALF * 4)));
 typedef float vhu __attribute__((vector_size(HALF * 4), aligned(4)));
 
 // tile<1>'s product over Wt's columns [c, c + HALF) in half vectors, each row's handed to emit
-// as a whole vector whose lanes from HALF on are zero (the bits of tile<1>'s lanes)
+// as a whole vector whose lanes from HALF on are +0 (lanes below HALF: tile<1>'s bits)
 template <typename Emit>
 __attribute__((noinline)) void tile_half(const float* A, int64_t lda, const float* Wt,
                                          int64_t npad, int64_t K, int64_t c, const Emit& emit) {
