@@ -28,6 +28,12 @@ def test_reference_training_settings():
     assert (t.num_negatives, t.temperature, t.loss) == (128, 0.05, "sampled_softmax")
 
 
+def test_hstu_presets_evaluate_512_users_per_batch_sasrec_128():
+    assert preset("ml-1m", "hstu").eval.batch_size == 512
+    assert preset("ml-20m", "hstu-large").eval.batch_size == 512
+    assert preset("ml-1m", "sasrec").eval.batch_size == 128
+
+
 def test_yaml_round_trip(tmp_path):
     cfg = preset("ml-1m", "hstu-large")
     cfg.train.stochastic_length_alpha = 1.6
