@@ -212,11 +212,11 @@ def hstu_layer_last(x: torch.Tensor, uvqk_weight: torch.Tensor, output_weight: t
 def _native_last(x, uq, w_vk, output_weight, output_bias, seq_offsets, max_seq_len, heads, dqk,
                  dv, alpha, pos_weights, time_weights, timestamps, query_timestamps, seq_scale,
                  eps) -> torch.Tensor:
+    """seq_offsets: int64, contiguous, checked by hstu_layer_last (``last_token_offsets``)."""
     d = x.shape[1]
     batch = _check_inputs("hstu_layer_last", x, None, output_weight, output_bias, seq_offsets,
                           max_seq_len, heads, dqk, dv, pos_weights, time_weights, timestamps,
                           query_timestamps, None, seq_scale)
-    offsets = seq_offsets  # int64, contiguous, checked by hstu_layer_last
     x, uq, w_vk, w2 = x.contiguous(), uq.contiguous(), w_vk.contiguous(), output_weight.contiguous()
     b2 = None if output_bias is None else output_bias.contiguous()
     pos = None if pos_weights is None else pos_weights.contiguous()
@@ -232,7 +232,7 @@ def _native_last(x, uq, w_vk, output_weight, output_bias, seq_offsets, max_seq_l
     pointer = native_attention.pointer
     native_attention.library().genrec_hstu_layer_last_f32(
         x.data_ptr(), d, w_vk.data_ptr(), uq.data_ptr(), uq.stride(0), w2.data_ptr(),
-        pointer(b2), offsets.data_ptr(), batch, heads, dqk, dv, max_seq_len, alpha,
+        pointer(b2), seq_offsets.data_ptr(), batch, heads, dqk, dv, max_seq_len, alpha,
         pointer(pos), 0 if pos is None else pos.numel(), pointer(time),
         0 if time is None else time.numel(), pointer(ts), pointer(qts), pointer(edges),
         0 if edges is None else edges.numel(), pointer(scale), eps, out.data_ptr(),
